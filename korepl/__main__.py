@@ -1,0 +1,3 @@
+from korepl.cli import main
+
+raise SystemExit(main())

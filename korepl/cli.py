@@ -1,0 +1,142 @@
+"""Command line: flags -> settings; one-shot continuation or the REPL; failures -> clear messages and exit codes.
+
+Exit codes: 0 done, 2 a usage, settings or model problem (one message on stderr, no traceback),
+130 interrupted with Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from korepl import __version__, paths
+from korepl.loading import DEFAULT_MODEL, DEMO_MODEL_DIR, ModelUnavailable, load_model
+from korepl.settings import (
+    DEVICES,
+    FIELDS,
+    Config,
+    ConfigError,
+    SettingError,
+    defaults_path,
+    load_defaults,
+    read_config,
+)
+
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="korepl",
+        description="Exploratory Korean writing with KoGPT2: type a line, the model continues it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "settings are layered, each overriding the one before:\n"
+            f"  1. korepl's defaults: {defaults_path()}\n"
+            f"  2. your file, if it exists: {paths.user_config_file()}\n"
+            "     (TOML with the same keys as the defaults; set only what you want to change)\n"
+            "  3. the flags above.\n"
+            "without --prompt and with nothing piped on stdin, korepl opens the interactive REPL."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"korepl {__version__}")
+    source = parser.add_argument_group("model")
+    which = source.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="ID|PATH",
+                       help=f"hub id or a folder saved with save_pretrained (default {DEFAULT_MODEL})")
+    which.add_argument("--demo", action="store_true",
+                       help="use the small Korean demo model shipped with korepl (works offline)")
+    source.add_argument("--device", choices=DEVICES, help="where to run the model (default auto: CUDA when present)")
+
+    run = parser.add_argument_group("one-shot")
+    run.add_argument("--prompt", metavar="TEXT",
+                     help="print the continuation of TEXT and exit (text piped on stdin works the same)")
+
+    decoding = parser.add_argument_group("decoding (each is also a key under [decoding] in the config file)")
+    for field in FIELDS:
+        flag = _flag(field.name)
+        if field.name == "greedy":
+            decoding.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.help)
+        elif field.name == "stop":
+            decoding.add_argument(flag, action="append", metavar=field.metavar,
+                                  help=field.help + " (repeatable; replaces the defaults)")
+            decoding.add_argument("--no-stop", action="store_true", help="no stop tokens or texts at all")
+        else:
+            decoding.add_argument(flag, metavar=field.metavar, help=field.help)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, base: Config) -> Config:
+    """`base` with the flags applied; SettingError names the flag's setting and its range."""
+    values = {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name) is not None}
+    if args.no_stop and args.stop is None:  # --stop replaces the defaults on its own
+        values["stop"] = ()
+    model = str(DEMO_MODEL_DIR) if args.demo else (args.model or base.model)
+    return Config(model=model, device=args.device or base.device, decoding=base.decoding.with_values(values))
+
+
+def user_config(base: Config) -> tuple[Config, list[str]]:
+    """The defaults with the user's file applied; a bad file is reported and skipped."""
+    path = paths.user_config_file()
+    if not path.is_file():
+        return base, []
+    try:
+        return read_config(path, base), []
+    except ConfigError as exc:
+        return base, [f"korepl: ignoring your settings file: {exc}; starting on the defaults."]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    base, notices = user_config(load_defaults())
+    try:
+        config = config_from_args(args, base)
+    except (SettingError, ConfigError) as exc:
+        print(f"korepl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    prompt = args.prompt
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    if prompt is None:
+        from korepl.repl import run_repl
+
+        return run_repl(config, notices)
+
+    for notice in notices:
+        print(notice, file=sys.stderr)
+    try:
+        loaded = load_model(config.model, config.device)
+    except ModelUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return run_once(loaded, prompt, config)
+
+
+def run_once(loaded, prompt: str, config: Config) -> int:
+    """Print the continuation of `prompt` (exactly the text that follows it) as it is generated."""
+    from korepl.session import Session
+
+    session = Session(loaded, config.decoding)
+    session.feed(prompt)
+    out = sys.stdout
+    try:
+        for step in session.generate():
+            out.write(step.text)
+            out.flush()
+    except KeyboardInterrupt:
+        out.write("\n" if out.isatty() else "")
+        return EXIT_INTERRUPTED
+    if out.isatty():
+        out.write("\n")
+    ending = session.last_ending
+    if ending is not None and ending.new_tokens == 0:
+        print(f"korepl: the model ended the text at once ({ending.reason} {ending.detail}).", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,146 @@
+"""Hub id or folder -> a causal LM and its tokenizer on a device, with KoGPT2's special tokens.
+
+KoGPT2's own facts live here: its tokenizer is a plain `tokenizer.json` whose special tokens must be
+named when it is loaded (bos and eos are both `</s>`, on purpose).  Any other causal LM whose folder
+describes its own tokenizer loads through the same function.  Weights load from safetensors when the
+source has them; `trust_remote_code` stays off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads with the model, in the background, so the REPL's prompt shows at once
+    import torch
+
+DEFAULT_MODEL = "skt/kogpt2-base-v2"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+
+# How KoGPT2's documentation loads its tokenizer; its ids: <s>=0 </s>=1 <usr>=2 <pad>=3 <sys>=4 <unk>=5 <mask>=6.
+KOGPT2_SPECIAL_TOKENS = {
+    "bos_token": "</s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
+
+
+class ModelUnavailable(RuntimeError):
+    """The model or its tokenizer cannot be had; the message is one paragraph for the user."""
+
+
+@dataclass
+class LoadedModel:
+    name: str  # what the user asked for: a hub id or a folder
+    model: torch.nn.Module
+    tokenizer: object  # a transformers PreTrainedTokenizerFast
+    device: torch.device
+
+    @property
+    def window(self) -> int:
+        """How many positions the model can see at once."""
+        config = self.model.config
+        return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
+
+
+def resolve_device(choice: str) -> torch.device:
+    import torch
+
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("--device cuda was asked for, but this machine has no usable CUDA GPU. "
+                               "Use --device cpu (or auto).")
+    return torch.device(choice)
+
+
+def load_model(source: str, device: str = "auto", dtype: str = "float32") -> LoadedModel:
+    """Load `source` (hub id or folder) for inference; ModelUnavailable carries the user's paragraph."""
+    target = resolve_device(device)
+    local = Path(source).expanduser()
+    if _looks_like_path(source) and not local.is_dir():
+        raise ModelUnavailable(_paragraph(source, f"the folder {local} does not exist"))
+    try:
+        with _quiet_transformers(progress=not local.is_dir()):
+            tokenizer = load_tokenizer(str(local) if local.is_dir() else source)
+            model = _load_weights(str(local) if local.is_dir() else source, dtype)
+    except ModelUnavailable:
+        raise
+    except (OSError, ValueError, EnvironmentError) as exc:
+        raise ModelUnavailable(_paragraph(source, _first_line(exc))) from exc
+    model.to(target).eval()
+    model.requires_grad_(False)
+    return LoadedModel(name=source, model=model, tokenizer=tokenizer, device=target)
+
+
+def load_tokenizer(source: str):
+    """A fast tokenizer; KoGPT2-kind vocabularies get KoGPT2's special tokens by name."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
+    vocab = tokenizer.get_vocab()
+    if all(token in vocab for token in KOGPT2_SPECIAL_TOKENS.values()):
+        tokenizer.add_special_tokens(dict(KOGPT2_SPECIAL_TOKENS))
+    return tokenizer
+
+
+def _load_weights(source: str, dtype: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), trust_remote_code=False)
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub ids are `name` or `owner/name`; anything else is meant as a folder."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _paragraph(source: str, reason: str) -> str:
+    return (
+        f"korepl could not load the model '{source}': {reason}. "
+        "Ways out: connect to the network so the model can be downloaded from the Hugging Face hub once "
+        "(it is then kept in the local cache, ~/.cache/huggingface, and later runs work offline); "
+        "copy an already downloaded cache there or set HF_HOME to one; "
+        "point --model at a folder saved with save_pretrained (config.json, weights and tokenizer.json); "
+        "or try korepl --demo, which runs on a small Korean model shipped with korepl."
+    )
+
+
+class _quiet_transformers:
+    """Keep transformers' advisory warnings off the screen while loading; progress bars only for downloads."""
+
+    def __init__(self, progress: bool):
+        self._progress = progress
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        if not self._progress:
+            hf_logging.disable_progress_bar()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc_info):
+        from transformers.utils import logging as hf_logging
+
+        self._warnings.__exit__(*exc_info)
+        hf_logging.set_verbosity(self._level)
+        hf_logging.enable_progress_bar()
+        return False

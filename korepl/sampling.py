@@ -1,0 +1,82 @@
+"""Pure functions on one next-token logits vector: the transforms, then the pick.
+
+Order and semantics follow Hugging Face `generate`: repetition penalty, then temperature, top-k and
+top-p, then the pick.  Greedy is the argmax after the penalty, which is what `generate(do_sample=False)`
+does, so greedy ids match it exactly.  Nothing here knows about sessions or models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from korepl.settings import Settings
+
+
+def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF semantics: each id seen in `history` gets its score divided by `penalty`, or multiplied when negative."""
+    if penalty == 1.0 or history.numel() == 0:
+        return logits
+    seen = logits.gather(0, history)
+    penalised = torch.where(seen < 0, seen * penalty, seen / penalty)
+    return logits.scatter(0, history, penalised)
+
+
+def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best (ids, scores), best first.  k past the vocabulary means all of it."""
+    scores, ids = torch.topk(logits, min(k, logits.shape[-1]))
+    return ids, scores
+
+
+def top_p_keep(scores: torch.Tensor, p: float) -> int:
+    """How many of `scores` (sorted best first) form the smallest set whose probability reaches p.
+
+    HF semantics: a token is dropped when the probability of everything ranked above it already exceeds p
+    (counted from the bottom: cumulative mass <= 1 - p is removed); the best token always stays.
+    """
+    if p >= 1.0:
+        return scores.shape[-1]
+    probs = torch.softmax(scores.float(), dim=-1)
+    mass_above = torch.cumsum(probs, dim=-1) - probs
+    return max(1, int((mass_above < p).sum()))
+
+
+@dataclass(frozen=True)
+class Choice:
+    token_id: int
+    probability: float  # the model's probability of this token after penalty and temperature
+
+
+def choose(logits: torch.Tensor, history: torch.Tensor, settings: Settings, generator: torch.Generator) -> Choice:
+    """Pick the next token from one logits vector under `settings`; `history` are the ids the model sees."""
+    logits = apply_repetition_penalty(logits.float(), history, settings.repetition_penalty)
+    if settings.greedy:
+        token_id = int(torch.argmax(logits))
+        return Choice(token_id, float(torch.softmax(logits, dim=-1)[token_id]))
+    logits = logits / settings.temperature
+    ids, scores = top_k_candidates(logits, settings.top_k)
+    keep = top_p_keep(scores, settings.top_p)
+    ids, scores = ids[:keep].cpu(), scores[:keep].cpu()
+    index = pick_index(scores, settings.sampler, generator)
+    token_id = int(ids[index])
+    probability = float(torch.exp(scores[index] - torch.logsumexp(logits, dim=-1).cpu()))
+    return Choice(token_id, probability)
+
+
+def pick_index(scores: torch.Tensor, sampler: str, generator: torch.Generator) -> int:
+    """Index into `scores` (CPU): weighted by softmax, or uniform (every candidate equally likely)."""
+    if sampler == "uniform":
+        return int(torch.randint(scores.shape[-1], (1,), generator=generator))
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator: seeded for reproducible runs, else from fresh entropy."""
+    generator = torch.Generator(device="cpu")
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator

@@ -1,0 +1,259 @@
+"""Decoding settings: one frozen dataclass, one table of fields that parses and validates them.
+
+The table (FIELDS) is the single source for each setting's range, its help line and its config key;
+the CLI flags and the REPL commands are built from it.  Layering: config/default.toml, then the
+user's file, then flags.  Every change goes through `Settings.with_value`, which either returns a
+new Settings or raises SettingError naming the setting and what it allows: the old value stays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# A wheel carries the defaults inside the package; a source checkout has them in config/.
+DEFAULTS_CANDIDATES = (PACKAGE_DIR / "_config" / "default.toml", PACKAGE_DIR.parent / "config" / "default.toml")
+
+SAMPLERS = ("softmax", "uniform")
+JOINS = ("newline", "space", "none")
+
+
+class SettingError(ValueError):
+    """A value that a setting does not allow; the message is meant for the user as it is."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to decode.  The defaults live in config/default.toml (see `load_defaults`), nowhere else."""
+
+    greedy: bool
+    sampler: str
+    top_k: int
+    top_p: float
+    temperature: float
+    repetition_penalty: float
+    max_new_tokens: int
+    seed: int | None
+    stop: tuple[str, ...]
+    window_keep: float
+    join: str
+
+    def with_value(self, name: str, raw: Any) -> Settings:
+        field = FIELDS_BY_NAME.get(name)
+        if field is None:
+            raise SettingError(f"unknown setting '{name}'; settings are: {', '.join(FIELDS_BY_NAME)}")
+        return dataclasses.replace(self, **{name: field.parse(raw)})
+
+    def with_values(self, values: Mapping[str, Any]) -> Settings:
+        settings = self
+        for name, raw in values.items():
+            settings = settings.with_value(name, raw)
+        return settings
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(name, shown value) for each setting, in table order."""
+        return [(f.name, f.show(getattr(self, f.name))) for f in FIELDS]
+
+
+# --- parsers: each takes a string (flag, command) or a TOML value and returns the typed value ----
+
+
+def _int_in(low: int, high: int) -> Callable[[str, Any], int]:
+    def parse(name: str, raw: Any) -> int:
+        allowed = f"{name} must be a whole number from {low} to {high}"
+        if isinstance(raw, bool):
+            raise SettingError(f"{allowed} (got {raw!r})")
+        try:
+            value = int(raw) if isinstance(raw, int) else int(str(raw).strip())
+        except ValueError:
+            raise SettingError(f"{allowed} (got {str(raw)!r})") from None
+        if not low <= value <= high:
+            raise SettingError(f"{allowed} (got {value})")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float, *, low_open: bool, hint: str = "") -> Callable[[str, Any], float]:
+    def parse(name: str, raw: Any) -> float:
+        opening = f"greater than {low:g}" if low_open else f"at least {low:g}"
+        allowed = f"{name} must be a number {opening} and at most {high:g}{hint}"
+        if isinstance(raw, bool):
+            raise SettingError(f"{allowed} (got {raw!r})")
+        try:
+            value = float(raw) if isinstance(raw, (int, float)) else float(str(raw).strip())
+        except ValueError:
+            raise SettingError(f"{allowed} (got {str(raw)!r})") from None
+        # `not (...)` also rejects NaN, which compares false to everything.
+        if not (value > low if low_open else value >= low) or not value <= high:
+            raise SettingError(f"{allowed} (got {value:g})")
+        return value
+
+    return parse
+
+
+def _bool(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise SettingError(f"{name} must be on or off (got {str(raw)!r})")
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def parse(name: str, raw: Any) -> str:
+        text = str(raw).strip().lower()
+        if text not in options:
+            raise SettingError(f"{name} must be one of {', '.join(options)} (got {str(raw)!r})")
+        return text
+
+    return parse
+
+
+def _seed(name: str, raw: Any) -> int | None:
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("off", "none", "random")):
+        return None
+    try:
+        return _int_in(0, 2**63 - 1)(name, raw)
+    except SettingError:
+        raise SettingError(f"{name} must be a whole number from 0 to 2^63-1, or off (got {str(raw)!r})") from None
+
+
+def _stop_list(name: str, raw: Any) -> tuple[str, ...]:
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
+        raise SettingError(f"{name} must be a list of texts (got {raw!r})")
+    if any(s == "" for s in items):
+        raise SettingError(f"{name} entries must not be empty")
+    return tuple(dict.fromkeys(items))  # keep order, drop repeats
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # attribute, config key under [decoding], flag (--top-k) and /set name
+    parse_value: Callable[[str, Any], Any]
+    help: str
+    metavar: str = ""
+    command: str = ""  # the REPL's short command for it (/topk), if any
+    ollama: str = ""  # its name in Ollama's `/set parameter NAME VALUE`, if any
+
+    def parse(self, raw: Any) -> Any:
+        return self.parse_value(self.name, raw)
+
+    @staticmethod
+    def show(value: Any) -> str:
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if value is None:
+            return "off"
+        if isinstance(value, tuple):
+            return ", ".join(value) if value else "(none)"
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value)
+
+
+TOP_K_MAX = 100_000
+
+FIELDS: tuple[Field, ...] = (
+    Field("greedy", _bool, "always take the likeliest token (on) or sample (off)", "on|off", command="greedy"),
+    Field("sampler", _choice(SAMPLERS), "pick among the candidates by probability (softmax) or evenly (uniform)",
+          "softmax|uniform", command="sample"),
+    Field("top_k", _int_in(1, TOP_K_MAX), "sample among the k likeliest tokens", "K", command="topk", ollama="top_k"),
+    Field("top_p", _float_in(0.0, 1.0, low_open=True), "sample among the likeliest tokens that make up p (1 = off)",
+          "P", command="topp", ollama="top_p"),
+    Field("temperature", _float_in(0.0, 10.0, low_open=True, hint="; for no randomness use greedy"),
+          "below 1 sharpens, above 1 flattens the distribution", "T", command="temp", ollama="temperature"),
+    Field("repetition_penalty", _float_in(0.0, 10.0, low_open=True),
+          "divide the scores of tokens already in the window (1 = off)", "R", command="rep", ollama="repeat_penalty"),
+    Field("max_new_tokens", _int_in(1, 4096), "longest continuation, in tokens", "N", command="max",
+          ollama="num_predict"),
+    Field("seed", _seed, "a whole number makes sampling reproducible; off draws a fresh one", "N|off",
+          command="seed", ollama="seed"),
+    Field("stop", _stop_list, "stop at any of these: a token such as </s>, or any text", "TEXT", command="stop"),
+    Field("window_keep", _float_in(0.1, 0.95, low_open=False),
+          "when the model's window is full, keep this fraction of it", "F"),
+    Field("join", _choice(JOINS), "what goes between the text so far and a typed line (none if it ends in a space)",
+          "newline|space|none"),
+)
+FIELDS_BY_NAME = {f.name: f for f in FIELDS}
+assert set(FIELDS_BY_NAME) == {f.name for f in dataclasses.fields(Settings)}, "FIELDS must cover Settings"
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a config file can say: what to load, and how to decode."""
+
+    model: str
+    device: str
+    decoding: Settings
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, and the line or key."""
+
+
+def defaults_path() -> Path:
+    for path in DEFAULTS_CANDIDATES:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"korepl's default settings are missing (looked in {', '.join(map(str, DEFAULTS_CANDIDATES))})")
+
+
+def read_config(path: Path, base: Config | None) -> Config:
+    """`base` with what the TOML file at `path` sets (no base: the file must set everything).
+
+    ConfigError names the file and the line or key at fault.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc})") from None
+    return apply_config(data, base, str(path))
+
+
+def apply_config(data: Mapping[str, Any], base: Config | None, source: str) -> Config:
+    unknown = set(data) - {"model", "device", "decoding"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{sorted(unknown)[0]}' (keys are model, device and [decoding])")
+    decoding = data.get("decoding", {})
+    if not isinstance(decoding, Mapping):
+        raise ConfigError(f"{source}: [decoding] must be a table")
+    if base is None:
+        missing = [n for n in ("model", "device") if n not in data] + [n for n in FIELDS_BY_NAME if n not in decoding]
+        if missing:
+            raise ConfigError(f"{source}: key '{missing[0]}' is missing")
+    model = data.get("model", base and base.model)
+    if not isinstance(model, str) or not model.strip():
+        raise ConfigError(f"{source}: key 'model' must be a hub id or a folder path")
+    device = data.get("device", base and base.device)
+    if device not in DEVICES:
+        raise ConfigError(f"{source}: key 'device' must be one of {', '.join(DEVICES)} (got {device!r})")
+    try:
+        if base is None:
+            settings = Settings(**{name: field.parse(decoding[name]) for name, field in FIELDS_BY_NAME.items()})
+        else:
+            settings = base.decoding.with_values(decoding)
+    except SettingError as exc:
+        raise ConfigError(f"{source}: [decoding] {exc}") from None
+    return Config(model=model, device=device, decoding=settings)
+
+
+def load_defaults() -> Config:
+    return read_config(defaults_path(), None)

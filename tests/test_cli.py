@@ -1,0 +1,84 @@
+"""The one-shot command line, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+PROMPT = "대한민국의 모든 국민은"
+
+
+def korepl(*args: str, stdin: str | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONIOENCODING="utf-8")
+    return subprocess.run([sys.executable, "-m", "korepl", *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout, env=env, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+def test_one_shot_greedy_equals_generate(demo):
+    result = korepl("--demo", "--prompt", PROMPT, "--greedy", "--repetition-penalty", "2.0",
+                    "--max-new-tokens", "40")
+    assert result.returncode == 0, result.stderr
+    ids = demo.tokenizer.encode(PROMPT)
+    out = demo.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                              do_sample=False, repetition_penalty=2.0, max_new_tokens=40,
+                              eos_token_id=[1, 8], pad_token_id=3)[0].tolist()
+    out = [t for t in out if t not in (1, 3, 8)]
+    expected = demo.tokenizer.decode(out, clean_up_tokenization_spaces=False)[len(PROMPT):]
+    assert result.stdout == expected
+    assert result.stdout.strip()  # the demo model does say something
+    assert result.stderr == ""
+
+
+def test_stdin_prompt_and_seeded_sampling_repeat(tmp_path):
+    first = korepl("--demo", "--seed", "5", "--max-new-tokens", "20", stdin=PROMPT)
+    second = korepl("--demo", "--seed", "5", "--max-new-tokens", "20", stdin=PROMPT)
+    assert first.returncode == second.returncode == 0
+    assert first.stdout == second.stdout and first.stdout.strip()
+
+
+@pytest.mark.parametrize("args, setting", [
+    (["--top-k", "0"], "top_k"), (["--top-k", "abc"], "top_k"), (["--top-p", "1.5"], "top_p"),
+    (["--temperature", "-1"], "temperature"), (["--sampler", "random"], "sampler"),
+    (["--max-new-tokens", "0"], "max_new_tokens"), (["--seed", "x"], "seed"),
+])
+def test_bad_flag_values_exit_2_with_one_line(args, setting):
+    result = korepl("--demo", "--prompt", PROMPT, *args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"korepl: {setting} must be") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_folder_exits_2_with_the_paragraph(tmp_path):
+    result = korepl("--model", str(tmp_path / "nowhere"), "--prompt", PROMPT)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "could not load the model" in result.stderr and "--demo" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_folder_without_weights_exits_2(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    result = korepl("--model", str(tmp_path), "--prompt", PROMPT)
+    assert result.returncode == 2 and "could not load the model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_hub_id_offline_exits_2():
+    result = korepl("--model", "nobody-here/no-such-model", "--prompt", PROMPT)
+    assert result.returncode == 2 and "could not load the model 'nobody-here/no-such-model'" in result.stderr
+    assert "network" in result.stderr and "--model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_stop_and_custom_stop_text():
+    free = korepl("--demo", "--prompt", PROMPT, "--greedy", "--no-stop", "--max-new-tokens", "30")
+    assert free.returncode == 0 and free.stdout
+    word = free.stdout.split()[2]
+    stopped = korepl("--demo", "--prompt", PROMPT, "--greedy", "--no-stop", "--stop", word,
+                     "--max-new-tokens", "30")
+    assert stopped.returncode == 0
+    assert word not in stopped.stdout and free.stdout.startswith(stopped.stdout)
