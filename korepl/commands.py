@@ -1,0 +1,235 @@
+"""The slash commands: one table (COMMANDS) drives the parser, /help, Tab completion and the README's list.
+
+A handler takes the REPL's state and the raw argument text and returns a Reply; a bad argument is a
+CommandError whose message says what is allowed, and nothing changes.  `run_command` never raises
+for anything the user types.  Nothing here knows about prompt_toolkit.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from korepl.settings import FIELDS, FIELDS_BY_NAME, SettingError, Settings
+
+
+class State(Protocol):
+    """What commands may read and change; the REPL provides it."""
+
+    settings: Settings
+
+    @property
+    def session(self): ...  # the Session, or None while the model is still loading
+
+    def reset(self) -> None: ...
+
+    def quit(self) -> None: ...
+
+
+class CommandError(ValueError):
+    """A bad argument: the message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    lines: tuple[str, ...] = ()
+    error: bool = False
+
+
+def info(*lines: str) -> Reply:
+    return Reply(tuple(lines))
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    syntax: str  # what follows the name, e.g. "N" or "add|del|list TEXT"
+    help: str  # one line, shown by /help and in the completion menu
+    run: Callable[[State, str], Reply]
+    aliases: tuple[str, ...] = ()
+    choices: tuple[str, ...] = field(default=())  # first-argument words offered by Tab
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def _set_field(state: State, name: str, raw: str) -> Reply:
+    try:
+        state.settings = state.settings.with_value(name, raw)
+    except SettingError as exc:
+        raise CommandError(str(exc)) from None
+    return info(f"{name} = {FIELDS_BY_NAME[name].show(getattr(state.settings, name))}")
+
+
+def _field_command(name: str) -> Callable[[State, str], Reply]:
+    def run(state: State, args: str) -> Reply:
+        if not args:
+            if name == "greedy":  # a bare /greedy turns it on
+                return _set_field(state, name, "on")
+            field_ = FIELDS_BY_NAME[name]
+            return info(f"{name} = {field_.show(getattr(state.settings, name))}  ({field_.help})")
+        return _set_field(state, name, args)
+
+    return run
+
+
+def _sample(state: State, args: str) -> Reply:
+    if not args:
+        raise CommandError("usage: /sample softmax|uniform")
+    reply = _set_field(state, "sampler", args)
+    state.settings = state.settings.with_value("greedy", False)
+    return Reply(reply.lines + ("greedy = off",))
+
+
+OLLAMA_NAMES = {f.ollama: f.name for f in FIELDS if f.ollama}
+
+
+def _set(state: State, args: str) -> Reply:
+    words = args.split(maxsplit=1)
+    if words and words[0] == "parameter":  # Ollama's form: /set parameter top_k 5
+        words = words[1].split(maxsplit=1) if len(words) > 1 else []
+    if len(words) != 2:
+        raise CommandError("usage: /set NAME VALUE (names: " + ", ".join(_settable_names()) + ")")
+    name, value = words
+    target = OLLAMA_NAMES.get(name, name)
+    if target not in FIELDS_BY_NAME:
+        raise CommandError(f"unknown setting '{name}'" + _did_you_mean(name, _settable_names()))
+    if target == "stop":
+        raise CommandError("use /stop add|del|list TEXT for stop tokens and texts")
+    return _set_field(state, target, value)
+
+
+def _settable_names() -> list[str]:
+    return [f.name for f in FIELDS if f.name != "stop"] + [n for n in OLLAMA_NAMES if n not in FIELDS_BY_NAME]
+
+
+def _show_settings(state: State, args: str) -> Reply:
+    width = max(len(f.name) for f in FIELDS)
+    return info(*(f"{name:<{width}}  {value}" for name, value in state.settings.describe()))
+
+
+def _stop(state: State, args: str) -> Reply:
+    action, _, text = args.partition(" ")
+    stops = state.settings.stop
+    if action == "list" and not text:
+        return info("stop: " + FIELDS_BY_NAME["stop"].show(stops))
+    if action not in ("add", "del") or not text:
+        raise CommandError("usage: /stop add TEXT, /stop del TEXT or /stop list")
+    if action == "add":
+        if text in stops:
+            return info(f"'{text}' is already a stop")
+        return _set_field(state, "stop", stops + (text,))
+    if text not in stops:
+        raise CommandError(f"'{text}' is not a stop; stops are: {FIELDS_BY_NAME['stop'].show(stops)}")
+    return _set_field(state, "stop", tuple(s for s in stops if s != text))
+
+
+# --- the session ---------------------------------------------------------------------------------
+
+
+def _needs_session(state: State):
+    if state.session is None:
+        raise CommandError("the model is still loading; try again in a moment")
+    return state.session
+
+
+def _context(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    used = len(session.ids) - session.view_start
+    header = f"{len(session.ids)} tokens in the text; the model sees the last {used} of its {session.window}"
+    return info(header, session.text if session.text else "(the text is empty)")
+
+
+def _reset(state: State, args: str) -> Reply:
+    state.reset()
+    return info("the text is cleared; settings are kept")
+
+
+def _quit(state: State, args: str) -> Reply:
+    state.quit()
+    return info()
+
+
+def _help(state: State, args: str) -> Reply:
+    if args:
+        command = find(args.lstrip("/"))
+        if command is None:
+            raise CommandError(f"no command /{args.lstrip('/')}" + _did_you_mean(args.lstrip("/"), _all_names()))
+        names = ", ".join("/" + n for n in (command.name, *command.aliases))
+        return info(f"/{command.name} {command.syntax}".rstrip(), f"  {command.help}", f"  names: {names}")
+    lines = reference()
+    lines += ["", "Type text to add it to the text and continue it; an empty line continues from where it stands.",
+              'Esc then Enter starts a new line; a line of """ opens a block until the next """.',
+              "Ctrl+C stops a continuation (what was written stays); Ctrl+D or /quit leaves."]
+    return info(*lines)
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+_SETTING_COMMANDS = tuple(
+    Command(f.command, f.metavar if f.name != "greedy" else "[on|off]", f.help, _field_command(f.name),
+            choices=("on", "off") if f.name == "greedy" else ("off",) if f.name == "seed" else ())
+    for f in FIELDS
+    if f.command and f.name not in ("sampler", "stop")
+)
+
+COMMANDS: tuple[Command, ...] = (
+    *_SETTING_COMMANDS,
+    Command("sample", "softmax|uniform", "sample again (greedy off), picking by probability or evenly", _sample,
+            choices=("softmax", "uniform")),
+    Command("stop", "add|del|list TEXT", "stop generating at a token such as </s> or at any text", _stop,
+            choices=("add", "del", "list")),
+    Command("set", "NAME VALUE", "change any setting; Ollama's /set parameter top_k 5 works too", _set,
+            choices=("parameter", *_settable_names())),
+    Command("settings", "", "show every setting", _show_settings, aliases=("show",)),
+    Command("context", "", "show the whole text and how much of it the model sees", _context),
+    Command("reset", "", "clear the text and start over (settings stay)", _reset),
+    Command("help", "[COMMAND]", "list the commands, or explain one", _help),
+    Command("quit", "", "leave korepl", _quit, aliases=("exit", "bye")),
+)
+
+_BY_NAME = {name: c for c in COMMANDS for name in (c.name, *c.aliases)}
+
+
+def _all_names() -> list[str]:
+    return list(_BY_NAME)
+
+
+def _did_you_mean(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def find(name: str) -> Command | None:
+    return _BY_NAME.get(name)
+
+
+def is_command(line: str) -> bool:
+    return line.startswith("/")
+
+
+def run_command(state: State, line: str) -> Reply:
+    """Run one slash-command line.  Never raises for what the user typed."""
+    name, _, args = line[1:].strip().partition(" ")
+    command = find(name)
+    if command is None:
+        if not name:
+            return Reply(("type /help for the commands",), error=True)
+        suggestion = _did_you_mean(name, _all_names())
+        return Reply((f"unknown command /{name}" + suggestion.replace("did you mean ", "did you mean /"),),
+                     error=True)
+    try:
+        return command.run(state, args.strip())
+    except CommandError as exc:
+        return Reply((str(exc),), error=True)
+
+
+def reference() -> list[str]:
+    """One line per command: the /help list, and the README's (python -m korepl.commands prints it)."""
+    return [f"{('/' + c.name + ' ' + c.syntax).rstrip():<28} {c.help}" for c in COMMANDS]
+
+
+if __name__ == "__main__":
+    print("\n".join(reference()))

@@ -1,0 +1,265 @@
+"""The interactive loop: prompt_toolkit prompt, toolbar, key bindings, streamed continuations, Ctrl+C.
+
+The prompt shows at once; the model loads on a background thread meanwhile (commands work, a text
+line waits for it behind a spinner).  Between prompts the REPL owns the screen: a continuation is
+printed piece by piece as the session yields it, and Ctrl+C stops it with what was shown kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from pathlib import Path
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
+from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.shortcuts import print_formatted_text
+from prompt_toolkit.styles import Style
+
+from korepl import commands, paths
+from korepl.loading import DEMO_MODEL_DIR, ModelUnavailable
+from korepl.settings import Config, Settings
+
+STYLE = Style.from_dict({
+    "continuation": "ansicyan",
+    "note": "ansibrightblack",
+    "error": "ansired",
+    "bottom-toolbar": "noreverse bg:ansiblack ansiwhite",
+    "bottom-toolbar.warn": "bg:ansiyellow ansiblack",
+})
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+BLOCK = '"""'
+
+
+class BackgroundLoad:
+    """Loads the model on a thread so the prompt can show at once."""
+
+    def __init__(self, source: str, device: str):
+        self.loaded = None
+        self.error: str | None = None
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source, device), daemon=True)
+        self._thread.start()
+
+    def _run(self, source: str, device: str) -> None:
+        try:
+            from korepl.loading import load_model
+
+            self.loaded = load_model(source, device)
+        except ModelUnavailable as exc:
+            self.error = str(exc)
+        except Exception as exc:  # anything else still reaches the user as one paragraph
+            self.error = f"korepl could not load the model '{source}': {exc}"
+        finally:
+            self.done.set()
+
+
+class CommandCompleter(Completer):
+    """Tab completion from the command table: names with their help, then each command's first words."""
+
+    def get_completions(self, document, complete_event):
+        text = document.text_before_cursor
+        if not commands.is_command(text):
+            return
+        name, space, rest = text[1:].partition(" ")
+        if not space:
+            for command in commands.COMMANDS:
+                for candidate in (command.name, *command.aliases):
+                    if candidate.startswith(name):
+                        yield Completion("/" + candidate, start_position=-len(text), display_meta=command.help)
+            return
+        command = commands.find(name)
+        if command is not None and " " not in rest:
+            for choice in command.choices:
+                if choice.startswith(rest):
+                    yield Completion(choice, start_position=-len(rest))
+
+
+def key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")
+    def _newline(event):
+        event.current_buffer.insert_text("\n")
+
+    return bindings
+
+
+class Repl:
+    def __init__(self, config: Config, notices: list[str]):
+        self._settings = config.decoding
+        self.model_label = "demo" if Path(config.model) == DEMO_MODEL_DIR else config.model
+        self._load = BackgroundLoad(config.model, config.device)
+        self._session = None
+        self._quit = False
+        self.last_speed: float | None = None
+        self._notices = notices
+
+    # --- the state commands see ----------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        self._settings = value
+        if self._session is not None:
+            self._session.settings = value
+
+    @property
+    def session(self):
+        if self._session is None and self._load.loaded is not None:
+            from korepl.session import Session
+
+            self._session = Session(self._load.loaded, self._settings)
+        return self._session
+
+    def reset(self) -> None:
+        if self._session is not None:
+            self._session = None
+            self.last_speed = None
+
+    def quit(self) -> None:
+        self._quit = True
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        prompt = PromptSession(
+            history=open_history(),
+            auto_suggest=AutoSuggestFromHistory(),
+            completer=CommandCompleter(),
+            complete_while_typing=True,
+            key_bindings=key_bindings(),
+            bottom_toolbar=self._toolbar,
+            refresh_interval=0.5,  # the toolbar notices when the model is ready
+            style=STYLE,
+        )
+        for notice in self._notices:
+            self._print(notice, "note")
+        self._print(f"korepl: writing with {self.model_label}. /help lists the commands; Ctrl+D leaves.", "note")
+        while not self._quit:
+            try:
+                line = self._read(prompt)
+            except KeyboardInterrupt:
+                continue  # Ctrl+C at the prompt clears the line
+            except EOFError:
+                break
+            if line is None:
+                continue
+            if commands.is_command(line) and "\n" not in line:
+                self._show(commands.run_command(self, line))
+            else:
+                self._write(line)
+        return 0
+
+    def _read(self, prompt: PromptSession) -> str | None:
+        with patch_stdout():
+            line = prompt.prompt("> ")
+        if not line.lstrip().startswith(BLOCK):
+            return line
+        # A """ block: lines until the closing """, taken as one text.
+        body = line.lstrip()[len(BLOCK):]
+        lines = []
+        while BLOCK not in body:
+            lines.append(body)
+            with patch_stdout():
+                body = prompt.prompt("... ")
+        lines.append(body[: body.index(BLOCK)])
+        return "\n".join(lines).strip("\n")
+
+    def _write(self, line: str) -> None:
+        if self.session is None and not self._wait_for_model():
+            return
+        session = self.session
+        if line:
+            session.add_line(line)
+        self._continue(session)
+
+    def _continue(self, session) -> None:
+        start_len, started = len(session.ids), time.perf_counter()
+        at_line_start = True
+        with contextlib.closing(session.generate()) as steps:
+            try:
+                for step in steps:
+                    text = step.text.lstrip(" ") if at_line_start else step.text
+                    at_line_start = at_line_start and not text
+                    self._print(text, "continuation", end="")
+            except KeyboardInterrupt:
+                steps.close()
+                self._print("" if at_line_start else "\n", end="")
+                self._print("[stopped; what was written stays]", "note")
+                at_line_start = True
+        elapsed = time.perf_counter() - started
+        produced = max(0, len(session.ids) - start_len)
+        self.last_speed = produced / elapsed if produced and elapsed > 0 else None
+        if not at_line_start:
+            self._print("")
+
+    def _wait_for_model(self) -> bool:
+        """Show a spinner until the model is ready; False when it failed or the wait was cancelled."""
+        frame = 0
+        try:
+            while not self._load.done.wait(0.1):
+                sys.stdout.write(f"\r{SPINNER[frame % len(SPINNER)]} waiting for the model to load …")
+                sys.stdout.flush()
+                frame += 1
+        except KeyboardInterrupt:
+            sys.stdout.write("\r\033[K")
+            self._print("stopped waiting; the line was not added", "note")
+            return False
+        if frame:
+            sys.stdout.write("\r\033[K")
+        if self._load.error:
+            self._print(self._load.error, "error")
+            return False
+        return True
+
+    # --- output --------------------------------------------------------------------------------
+
+    def _print(self, text: str, style: str = "", end: str = "\n") -> None:
+        print_formatted_text(FormattedText([(f"class:{style}" if style else "", text)]), style=STYLE, end=end)
+
+    def _show(self, reply: commands.Reply) -> None:
+        for line in reply.lines:
+            self._print(line, "error" if reply.error else "")
+
+    def _toolbar(self):
+        if not self._load.done.is_set():
+            return FormattedText([("", f" {self.model_label} │ loading the model … (commands work meanwhile)")])
+        if self._load.error:
+            return FormattedText([("class:bottom-toolbar.warn", " no model: see the message above; /quit to leave")])
+        s = self._settings
+        mode = "greedy" if s.greedy else f"{s.sampler} top-k {s.top_k}"
+        if not s.greedy and s.top_p < 1:
+            mode += f" top-p {s.top_p:g}"
+        if not s.greedy and s.temperature != 1:
+            mode += f" temp {s.temperature:g}"
+        session = self.session
+        used = len(session.ids) - session.view_start
+        speed = f"{self.last_speed:.1f} tok/s" if self.last_speed else "– tok/s"
+        return FormattedText([("", f" {self.model_label} │ {mode} rep {s.repetition_penalty:g} "
+                                   f"max {s.max_new_tokens} │ {used}/{session.window} tokens │ {speed}")])
+
+
+def open_history() -> History:
+    """History in the user's state folder; in memory when that folder cannot be written."""
+    path = paths.history_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+        return FileHistory(str(path))
+    except OSError:
+        return InMemoryHistory()
+
+
+def run_repl(config: Config, notices: list[str]) -> int:
+    return Repl(config, notices).run()

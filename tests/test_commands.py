@@ -1,0 +1,115 @@
+"""The command table: parser never raises, settings change only on good values, help and completion from one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, strategies as st
+from prompt_toolkit.document import Document
+
+from korepl import commands
+from korepl.repl import CommandCompleter
+from korepl.settings import load_defaults
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+class State:
+    """The REPL's side of the commands, without a model (as while it loads)."""
+
+    def __init__(self):
+        self.settings = load_defaults().decoding
+        self.session = None
+        self.resets = 0
+        self.quitting = False
+
+    def reset(self):
+        self.resets += 1
+
+    def quit(self):
+        self.quitting = True
+
+
+NAMES = [name for c in commands.COMMANDS for name in (c.name, *c.aliases)]
+
+
+@given(st.one_of(
+    st.text(max_size=40).map(lambda t: "/" + t),
+    st.tuples(st.sampled_from(NAMES), st.text(max_size=30)).map(lambda p: f"/{p[0]} {p[1]}"),
+    st.tuples(st.sampled_from(["top_k", "top_p", "temperature", "repeat_penalty", "num_predict", "seed", "join",
+                               "stop", "nonsense"]), st.text(max_size=12))
+    .map(lambda p: f"/set parameter {p[0]} {p[1]}"),
+))
+def test_any_command_line_gets_a_reply_and_never_raises(line):
+    state = State()
+    before = state.settings
+    reply = commands.run_command(state, line)
+    assert isinstance(reply, commands.Reply)
+    assert all(isinstance(x, str) for x in reply.lines)
+    if reply.error:
+        assert state.settings == before and len(reply.lines) == 1
+
+
+def test_setting_commands_change_only_their_setting():
+    state = State()
+    assert commands.run_command(state, "/topk 3").lines == ("top_k = 3",)
+    assert commands.run_command(state, "/temp 0.7").lines == ("temperature = 0.7",)
+    assert commands.run_command(state, "/greedy").lines == ("greedy = on",)
+    commands.run_command(state, "/sample uniform")
+    assert (state.settings.greedy, state.settings.sampler) == (False, "uniform")
+    commands.run_command(state, "/seed 9")
+    commands.run_command(state, "/seed off")
+    assert state.settings.seed is None
+    expected = load_defaults().decoding
+    assert (state.settings.top_k, state.settings.temperature) == (3, 0.7)
+    assert state.settings.top_p == expected.top_p and state.settings.stop == expected.stop
+
+
+def test_stop_add_del_list():
+    state = State()
+    commands.run_command(state, "/stop add 다.")
+    assert state.settings.stop == ("</s>", "</d>", "다.")
+    assert "다." in commands.run_command(state, "/stop list").lines[0]
+    assert commands.run_command(state, "/stop del 없음").error
+    commands.run_command(state, "/stop del </s>")
+    assert state.settings.stop == ("</d>", "다.")
+    assert commands.run_command(state, "/stop").error
+
+
+def test_unknown_command_suggests_the_nearest():
+    reply = commands.run_command(State(), "/settigns")
+    assert reply.error and reply.lines == ("unknown command /settigns; did you mean /settings?",)
+
+
+def test_quit_aliases_and_session_commands_while_loading():
+    for name in ("/quit", "/exit", "/bye"):
+        state = State()
+        commands.run_command(state, name)
+        assert state.quitting
+    reply = commands.run_command(State(), "/context")
+    assert reply.error and "still loading" in reply.lines[0]
+
+
+def test_help_lists_every_command_from_the_table():
+    text = "\n".join(commands.run_command(State(), "/help").lines)
+    for command in commands.COMMANDS:
+        assert f"/{command.name}" in text and command.help in text
+
+
+def test_completion_offers_names_with_their_help_and_arguments():
+    completer = CommandCompleter()
+    found = list(completer.get_completions(Document("/to"), None))
+    assert {c.text for c in found} == {"/topk", "/topp"}
+    assert all(c.display_meta_text for c in found)
+    assert {c.text for c in completer.get_completions(Document("/sample u"), None)} == {"uniform"}
+    assert {c.text for c in completer.get_completions(Document("/stop "), None)} == {"add", "del", "list"}
+    assert list(completer.get_completions(Document("대한민국"), None)) == []
+
+
+def test_readme_command_list_is_the_table():
+    readme = README.read_text(encoding="utf-8")
+    block = readme.split("<!-- commands -->\n```\n", 1)[1].split("```\n<!-- /commands -->", 1)[0]
+    assert block.splitlines() == commands.reference()
+    for command in commands.COMMANDS:
+        for alias in command.aliases:
+            assert f"/{alias}" in readme

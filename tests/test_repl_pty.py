@@ -1,0 +1,163 @@
+"""The REPL driven in a real pseudo-terminal (pexpect) against `korepl --demo`."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+import pexpect
+import pytest
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[>=]|[\r\x08]")
+PROMPT = r"\x1b\[\?2004h"  # prompt_toolkit turns bracketed paste on as each new prompt starts
+HANGUL = r"[\uac00-\ud7a3]"
+
+
+class Terminal:
+    """A `korepl --demo` process in a pty, with XDG folders of its own under `home`."""
+
+    def __init__(self, home, *args: str):
+        env = dict(os.environ, TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
+                   XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"),
+                   PYTHONIOENCODING="utf-8")
+        self.child = pexpect.spawn(sys.executable, ["-m", "korepl", "--demo", *args], env=env,
+                                   encoding="utf-8", dimensions=(40, 160), timeout=60)
+        self.startup = self.until(PROMPT)
+        self.wait_ready()
+
+    def until(self, pattern: str, timeout: int = 60) -> str:
+        """Wait for `pattern` (a regex on the raw output); return the output before it, terminal codes removed."""
+        self.child.expect(pattern, timeout=timeout)
+        return ANSI.sub("", self.child.before)
+
+    def send(self, line: str) -> None:
+        self.child.send(line + "\r")
+
+    def run(self, line: str, timeout: int = 60) -> str:
+        """Enter a line; return what it printed before the next prompt."""
+        self.send(line)
+        return self.until(PROMPT, timeout)
+
+    def wait_ready(self) -> None:
+        """Commands answer while the model loads; ask for the context until it has loaded."""
+        for _ in range(240):
+            if "tokens in the text" in self.run("/context"):
+                return
+            time.sleep(0.25)
+        raise AssertionError("the model did not load")
+
+    def close(self) -> int:
+        self.child.sendcontrol("d")
+        self.child.expect(pexpect.EOF, timeout=30)
+        self.child.close()
+        return self.child.exitstatus
+
+
+@pytest.fixture
+def term(tmp_path):
+    terminal = Terminal(tmp_path)
+    yield terminal
+    if terminal.child.isalive():
+        terminal.child.terminate(force=True)
+
+
+def continuation_of(out: str, line: str) -> str:
+    """The continuation printed after the echoed `line`."""
+    return out.split(line, 1)[1]
+
+
+def test_korean_line_gets_a_streamed_korean_continuation(term):
+    out = term.run("대한민국의 모든 국민은")
+    assert re.search(HANGUL + "{2}.*" + HANGUL + "{2}", continuation_of(out, "국민은"))
+    out = term.run("국가는 전통문화의")
+    assert re.search(HANGUL, continuation_of(out, "전통문화의"))
+    text = term.run("/context")
+    assert text.count("\n국가는 전통문화의 ") == 1  # a typed line joins after a newline
+    assert term.close() == 0
+
+
+def test_settings_commands(term):
+    assert "top_k = 3" in term.run("/topk 3")
+    assert re.search(r"top_k\s+3\n", term.run("/settings"))
+    assert "top_k must be a whole number from 1 to 100000 (got 'abc')" in term.run("/topk abc")
+    assert re.search(r"top_k\s+3\n", term.run("/show"))  # the bad value changed nothing
+    assert "unknown command /topkk; did you mean /topk?" in term.run("/topkk 4")
+    assert "top_k = 7" in term.run("/set parameter top_k 7")
+    assert "max_new_tokens = 20" in term.run("/set parameter num_predict 20")
+    assert "top_p must be a number greater than 0 and at most 1 (got 1.5)" in term.run("/topp 1.5")
+    assert "sample among the k likeliest tokens" in term.run("/help topk")
+    out = term.run("한국어로 쓴 문장")
+    assert re.search(HANGUL, continuation_of(out, "쓴 문장"))
+    assert re.search(r"top_k\s+7\n", term.run("/settings"))
+    assert term.close() == 0
+
+
+def test_ctrl_c_stops_a_long_generation_and_keeps_the_text(term):
+    term.run("/max 4096")
+    assert "stop = (none)" in term.run("/stop del </s>") + term.run("/stop del </d>")
+    term.send("헌법 제1조")
+    term.child.expect(HANGUL + ".{0,40}" + HANGUL + ".{0,40}" + HANGUL)  # it is writing
+    time.sleep(0.5)
+    term.child.sendcontrol("c")
+    out = term.until(PROMPT)
+    assert "[stopped; what was written stays]" in out
+    last_words = re.findall(HANGUL + "+", out.split("[stopped")[0])[-2:]
+    context = term.run("/context")
+    count = int(re.search(r"(\d+) tokens in the text", context).group(1))
+    assert 5 < count < 4096
+    # The text shown before Ctrl+C is the text kept: the context ends with the last words shown.
+    assert context.rstrip().endswith(last_words[-1]) and " ".join(last_words) in context
+    term.send("/quit")  # /quit leaves with status 0
+    term.child.expect(pexpect.EOF, timeout=30)
+    term.child.close()
+    assert term.child.exitstatus == 0
+
+
+def test_ctrl_c_at_prompt_clears_the_line(term):
+    term.child.send("지워질 문장")
+    term.child.sendcontrol("c")
+    term.until(PROMPT)
+    assert "(the text is empty)" in term.run("/context")
+    assert term.close() == 0
+
+
+def test_multiline_block(term):
+    term.run('"""첫째 줄')
+    term.run("둘째 줄")
+    term.run('"""')
+    assert "첫째 줄\n둘째 줄" in term.run("/context")
+    assert term.close() == 0
+
+
+def test_history_is_kept_between_runs(tmp_path):
+    first = Terminal(tmp_path)
+    first.run("/topk 4")
+    assert first.close() == 0
+    second = Terminal(tmp_path)
+    # Up twice: past the /context that wait_ready typed, to the /topk of the previous run.
+    second.child.send("\x1b[A\x1b[A")
+    assert "top_k = 4" in second.run("")
+    assert second.close() == 0
+
+
+def test_bad_user_config_names_file_and_key_and_starts_on_defaults(tmp_path):
+    config_dir = tmp_path / "config" / "korepl"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.toml").write_text("[decoding]\ntop_p = 0.9\ntop_k = 0\n")
+    term = Terminal(tmp_path)
+    assert re.search(r"korepl/config.toml: \[decoding\] top_k must be a whole number from 1 to \d+ \(got 0\); "
+                     r"starting on the defaults", term.startup.replace("\n", ""))
+    out = term.run("/settings")
+    assert re.search(r"top_k\s+5\n", out) and re.search(r"top_p\s+1\n", out)
+    assert term.close() == 0
+
+
+def test_bad_user_toml_names_the_line(tmp_path):
+    config_dir = tmp_path / "config" / "korepl"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.toml").write_text('model = "x"\n[decoding\n')
+    term = Terminal(tmp_path)
+    assert "config.toml: " in term.startup and "line 2" in term.startup
+    assert term.close() == 0
