@@ -8,8 +8,9 @@ from hypothesis import given, strategies as st
 from prompt_toolkit.document import Document
 
 from korepl import commands
-from korepl.repl import CommandCompleter
-from korepl.settings import load_defaults
+from korepl.loading import DEMO_MODEL_DIR
+from korepl.repl import CommandCompleter, Repl
+from korepl.settings import Config, load_defaults
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -113,3 +114,15 @@ def test_readme_command_list_is_the_table():
     for command in commands.COMMANDS:
         for alias in command.aliases:
             assert f"/{alias}" in readme
+
+
+def test_toolbar_shows_model_settings_context_and_speed():
+    repl = Repl(Config(model=str(DEMO_MODEL_DIR), device="cpu", decoding=load_defaults().decoding), [])
+    assert repl._load.done.wait(60) and repl._load.error is None
+    text = "".join(fragment[1] for fragment in repl._toolbar())
+    assert text == " demo │ softmax top-k 5 rep 2 max 100 │ 0/1024 tokens │ – tok/s"
+    commands.run_command(repl, "/greedy")
+    repl.session.feed("대한민국의 모든 국민은")
+    repl.last_speed = 123.45
+    text = "".join(fragment[1] for fragment in repl._toolbar())
+    assert text == f" demo │ greedy rep 2 max 100 │ {len(repl.session.ids)}/1024 tokens │ 123.5 tok/s"

@@ -18,14 +18,15 @@ HANGUL = r"[\uac00-\ud7a3]"
 class Terminal:
     """A `korepl --demo` process in a pty, with XDG folders of its own under `home`."""
 
-    def __init__(self, home, *args: str):
+    def __init__(self, home, *args: str, model=("--demo",)):
         env = dict(os.environ, TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
                    XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"),
                    PYTHONIOENCODING="utf-8")
-        self.child = pexpect.spawn(sys.executable, ["-m", "korepl", "--demo", *args], env=env,
+        self.child = pexpect.spawn(sys.executable, ["-m", "korepl", *model, *args], env=env,
                                    encoding="utf-8", dimensions=(40, 160), timeout=60)
         self.startup = self.until(PROMPT)
-        self.wait_ready()
+        if model == ("--demo",):
+            self.wait_ready()
 
     def until(self, pattern: str, timeout: int = 60) -> str:
         """Wait for `pattern` (a regex on the raw output); return the output before it, terminal codes removed."""
@@ -160,4 +161,12 @@ def test_bad_user_toml_names_the_line(tmp_path):
     (config_dir / "config.toml").write_text('model = "x"\n[decoding\n')
     term = Terminal(tmp_path)
     assert "config.toml: " in term.startup and "line 2" in term.startup
+    assert term.close() == 0
+
+
+def test_load_failure_shows_the_paragraph_and_commands_still_work(tmp_path):
+    term = Terminal(tmp_path, model=("--model", str(tmp_path / "no-such-model")))
+    assert "top_k = 2" in term.run("/topk 2")
+    out = term.run("대한민국")
+    assert "could not load the model" in out and "--demo" in out and "Traceback" not in out
     assert term.close() == 0
