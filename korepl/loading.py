@@ -66,35 +66,72 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32") -> Loa
     local = Path(source).expanduser()
     if _looks_like_path(source) and not local.is_dir():
         raise ModelUnavailable(_paragraph(source, f"the folder {local} does not exist"))
+    if local.is_dir():
+        _check_folder(local)
+    where = str(local) if local.is_dir() else source
     try:
         with _quiet_transformers(progress=not local.is_dir()):
-            tokenizer = load_tokenizer(str(local) if local.is_dir() else source)
-            model = _load_weights(str(local) if local.is_dir() else source, dtype)
+            try:
+                tokenizer, model = _load(where, dtype, local_files_only=True)
+            except (OSError, ValueError):  # not in the local cache (transformers says either)
+                if local.is_dir():
+                    raise
+                _check_hub(source)  # fail at once when the hub cannot help, instead of retrying for minutes
+                tokenizer, model = _load(where, dtype, local_files_only=False)
     except ModelUnavailable:
         raise
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except Exception as exc:  # whatever went wrong, the user gets one paragraph, not a traceback
         raise ModelUnavailable(_paragraph(source, _first_line(exc))) from exc
     model.to(target).eval()
     model.requires_grad_(False)
     return LoadedModel(name=source, model=model, tokenizer=tokenizer, device=target)
 
 
-def load_tokenizer(source: str):
+def _load(where: str, dtype: str, local_files_only: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(where, local_files_only=local_files_only)
+    model = AutoModelForCausalLM.from_pretrained(
+        where, dtype=getattr(torch, dtype), trust_remote_code=False, local_files_only=local_files_only
+    )
+    return tokenizer, model
+
+
+def _check_folder(folder: Path) -> None:
+    missing = [name for name in ("config.json", "tokenizer.json") if not (folder / name).is_file()]
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        missing.append("weights (*.safetensors)")
+    if missing:
+        raise ModelUnavailable(_paragraph(str(folder), f"the folder has no {' and no '.join(missing)}"))
+
+
+def _check_hub(model_id: str) -> None:
+    """One quick question to the hub: does this model exist, and can we reach it?"""
+    import huggingface_hub
+    from huggingface_hub.errors import OfflineModeIsEnabled, RepositoryNotFoundError
+
+    try:
+        huggingface_hub.model_info(model_id, timeout=10)
+    except RepositoryNotFoundError:
+        raise ModelUnavailable(_paragraph(model_id, "the hub has no model of that name (or it is private)")) from None
+    except OfflineModeIsEnabled:
+        raise ModelUnavailable(_paragraph(
+            model_id, "it is not in the local cache, and HF_HUB_OFFLINE forbids downloading it")) from None
+    except Exception as exc:
+        raise ModelUnavailable(_paragraph(
+            model_id, f"it is not in the local cache, and the hub cannot be reached ({_first_line(exc)})")) from None
+
+
+def load_tokenizer(source: str, local_files_only: bool = False):
     """A fast tokenizer; KoGPT2-kind vocabularies get KoGPT2's special tokens by name."""
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(source, local_files_only=local_files_only)
     vocab = tokenizer.get_vocab()
     if all(token in vocab for token in KOGPT2_SPECIAL_TOKENS.values()):
         tokenizer.add_special_tokens(dict(KOGPT2_SPECIAL_TOKENS))
     return tokenizer
-
-
-def _load_weights(source: str, dtype: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), trust_remote_code=False)
 
 
 def _looks_like_path(source: str) -> bool:

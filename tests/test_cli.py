@@ -62,16 +62,51 @@ def test_missing_folder_exits_2_with_the_paragraph(tmp_path):
 
 def test_folder_without_weights_exits_2(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    (tmp_path / "tokenizer.json").write_text("{}")
+    result = korepl("--model", str(tmp_path), "--prompt", PROMPT)
+    assert result.returncode == 2
+    assert "could not load the model" in result.stderr and "the folder has no weights" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_folder_with_broken_weights_exits_2(tmp_path):
+    from korepl.loading import DEMO_MODEL_DIR
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((DEMO_MODEL_DIR / name).read_bytes())
+    (tmp_path / "model.safetensors").write_bytes(b"not really safetensors")
     result = korepl("--model", str(tmp_path), "--prompt", PROMPT)
     assert result.returncode == 2 and "could not load the model" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_unknown_hub_id_offline_exits_2():
-    result = korepl("--model", "nobody-here/no-such-model", "--prompt", PROMPT)
-    assert result.returncode == 2 and "could not load the model 'nobody-here/no-such-model'" in result.stderr
-    assert "network" in result.stderr and "--model" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_hub_id_not_cached_offline_exits_2_at_once():
+    result = korepl("--model", "nobody-here/no-such-model", "--prompt", PROMPT, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("korepl could not load the model 'nobody-here/no-such-model': "
+                                    "it is not in the local cache")
+    assert "network" in result.stderr and "--model" in result.stderr and "--demo" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_hub_id_from_the_local_cache(tmp_path, demo):
+    """A hub id that was downloaded before loads from the hub cache (laid out as huggingface_hub does)."""
+    import shutil
+
+    from korepl.loading import DEMO_MODEL_DIR
+
+    repo = tmp_path / "hub" / "models--someone--kogpt2-demo"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(DEMO_MODEL_DIR, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    env = dict(os.environ, HF_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "korepl", "--model", "someone/kogpt2-demo", "--prompt", PROMPT,
+                             "--greedy", "--max-new-tokens", "20"], capture_output=True, text=True, env=env,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    demo_run = korepl("--demo", "--prompt", PROMPT, "--greedy", "--max-new-tokens", "20")
+    assert result.stdout == demo_run.stdout and result.stdout.strip()
 
 
 def test_no_stop_and_custom_stop_text():

@@ -54,7 +54,7 @@ def test_folder_with_weights_but_no_tokenizer(tmp_path, demo):
     demo.model.save_pretrained(tmp_path)
     with pytest.raises(ModelUnavailable) as caught:
         load_model(str(tmp_path), "cpu")
-    assert "could not load the model" in str(caught.value) and "--demo" in str(caught.value)
+    assert "the folder has no tokenizer.json" in str(caught.value) and "--demo" in str(caught.value)
 
 
 def test_demo_model_metadata_is_honest(demo):
