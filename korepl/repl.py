@@ -8,6 +8,7 @@ printed piece by piece as the session yields it, and Ctrl+C stops it with what w
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import threading
 import time
@@ -80,6 +81,59 @@ class CommandCompleter(Completer):
             for choice in command.choices:
                 if choice.startswith(rest):
                     yield Completion(choice, start_position=-len(rest))
+
+
+class InterruptGuard:
+    """Ctrl+C raises at once, except while a piece of text is being printed: then right after it.
+
+    So a continuation can be stopped in the middle of a forward pass, yet never in the middle of
+    writing a piece to the screen (which would leave the screen short of the kept text).  The
+    terminal is also told not to discard output still queued when Ctrl+C arrives (NOFLSH), which
+    it otherwise does: the screen would lose text that the context keeps.
+    """
+
+    def __init__(self):
+        self._shielded = False
+        self._pending = False
+        self._tty_attrs = None
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        with contextlib.suppress(Exception):  # not a terminal (piped): nothing to keep
+            import termios
+
+            fd = sys.stdin.fileno()
+            self._tty_attrs = termios.tcgetattr(fd)
+            attrs = termios.tcgetattr(fd)
+            attrs[3] |= termios.NOFLSH
+            termios.tcsetattr(fd, termios.TCSADRAIN, attrs)
+        return self
+
+    def __exit__(self, *exc_info):
+        signal.signal(signal.SIGINT, self._previous)
+        if self._tty_attrs is not None:
+            import termios
+
+            with contextlib.suppress(Exception):
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._tty_attrs)
+        return False
+
+    def _on_sigint(self, signum, frame):
+        if self._shielded:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def shield(self):
+        self._shielded = True
+        try:
+            yield
+        finally:
+            self._shielded = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
 
 
 def key_bindings() -> KeyBindings:
@@ -187,12 +241,13 @@ class Repl:
     def _continue(self, session) -> None:
         start_len, started = len(session.ids), time.perf_counter()
         at_line_start = True
-        with contextlib.closing(session.generate()) as steps:
+        with InterruptGuard() as guard, contextlib.closing(session.generate()) as steps:
             try:
                 for step in steps:
                     text = step.text.lstrip(" ") if at_line_start else step.text
                     at_line_start = at_line_start and not text
-                    self._print(text, "continuation", end="")
+                    with guard.shield():
+                        self._print(text, "continuation", end="")
             except KeyboardInterrupt:
                 steps.close()
                 self._print("" if at_line_start else "\n", end="")

@@ -104,12 +104,12 @@ def test_ctrl_c_stops_a_long_generation_and_keeps_the_text(term):
     term.child.sendcontrol("c")
     out = term.until(PROMPT)
     assert "[stopped; what was written stays]" in out
-    last_words = re.findall(HANGUL + "+", out.split("[stopped")[0])[-2:]
+    shown_tail = re.sub(r"\s", "", out.split("[stopped")[0].replace("^C", ""))[-20:]
     context = term.run("/context")
     count = int(re.search(r"(\d+) tokens in the text", context).group(1))
-    assert 5 < count < 4096
-    # The text shown before Ctrl+C is the text kept: the context ends with the last words shown.
-    assert context.rstrip().endswith(last_words[-1]) and " ".join(last_words) in context
+    assert 5 < count < 4096 and len(shown_tail) == 20
+    # The text shown before Ctrl+C is the text kept: the context ends with what was shown last.
+    assert re.sub(r"\s", "", context).endswith(shown_tail)
     term.send("/quit")  # /quit leaves with status 0
     term.child.expect(pexpect.EOF, timeout=30)
     term.child.close()
