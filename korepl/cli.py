@@ -62,10 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
         flag = _flag(field.name)
         if field.name == "greedy":
             decoding.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.help)
-        elif field.name == "stop":
+        elif field.is_list:
             decoding.add_argument(flag, action="append", metavar=field.metavar,
-                                  help=field.help + " (repeatable; replaces the defaults)")
-            decoding.add_argument("--no-stop", action="store_true", help="no stop tokens or texts at all")
+                                  help=field.help + " (repeatable; replaces the configured list)")
+            if field.name == "stop":
+                decoding.add_argument("--no-stop", action="store_true", help="no stop tokens or texts at all")
         else:
             decoding.add_argument(flag, metavar=field.metavar, help=field.help)
     return parser

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from korepl.settings import FIELDS, FIELDS_BY_NAME, SettingError, Settings
+from korepl.settings import FIELDS, FIELDS_BY_NAME, SAMPLERS, SettingError, Settings
 
 
 class State(Protocol):
@@ -96,13 +96,14 @@ def _set(state: State, args: str) -> Reply:
     target = OLLAMA_NAMES.get(name, name)
     if target not in FIELDS_BY_NAME:
         raise CommandError(f"unknown setting '{name}'" + _did_you_mean(name, _settable_names()))
-    if target == "stop":
-        raise CommandError("use /stop add|del|list TEXT for stop tokens and texts")
+    if FIELDS_BY_NAME[target].is_list:
+        command = FIELDS_BY_NAME[target].command
+        raise CommandError(f"use /{command} add|del|list TEXT for {target}")
     return _set_field(state, target, value)
 
 
 def _settable_names() -> list[str]:
-    return [f.name for f in FIELDS if f.name != "stop"] + [n for n in OLLAMA_NAMES if n not in FIELDS_BY_NAME]
+    return [f.name for f in FIELDS if not f.is_list] + [n for n in OLLAMA_NAMES if n not in FIELDS_BY_NAME]
 
 
 def _show_settings(state: State, args: str) -> Reply:
@@ -110,20 +111,27 @@ def _show_settings(state: State, args: str) -> Reply:
     return info(*(f"{name:<{width}}  {value}" for name, value in state.settings.describe()))
 
 
-def _stop(state: State, args: str) -> Reply:
-    action, _, text = args.partition(" ")
-    stops = state.settings.stop
-    if action == "list" and not text:
-        return info("stop: " + FIELDS_BY_NAME["stop"].show(stops))
-    if action not in ("add", "del") or not text:
-        raise CommandError("usage: /stop add TEXT, /stop del TEXT or /stop list")
-    if action == "add":
-        if text in stops:
-            return info(f"'{text}' is already a stop")
-        return _set_field(state, "stop", stops + (text,))
-    if text not in stops:
-        raise CommandError(f"'{text}' is not a stop; stops are: {FIELDS_BY_NAME['stop'].show(stops)}")
-    return _set_field(state, "stop", tuple(s for s in stops if s != text))
+def _list_command(name: str) -> Callable[[State, str], Reply]:
+    """add|del|list for a setting that is a list of texts (stop, ban)."""
+    field_ = FIELDS_BY_NAME[name]
+
+    def run(state: State, args: str) -> Reply:
+        action, _, text = args.partition(" ")
+        text = text.strip()
+        items = getattr(state.settings, name)
+        if action == "list" and not text:
+            return info(f"{name} = {field_.show(items)}")
+        if action not in ("add", "del") or not text:
+            raise CommandError(f"usage: /{field_.command} add TEXT, /{field_.command} del TEXT or /{field_.command} list")
+        if action == "add":
+            if text in items:
+                return info(f"'{text}' is already in {name}")
+            return _set_field(state, name, items + (text,))
+        if text not in items:
+            raise CommandError(f"'{text}' is not in {name}; it holds: {field_.show(items)}")
+        return _set_field(state, name, tuple(s for s in items if s != text))
+
+    return run
 
 
 # --- the session ---------------------------------------------------------------------------------
@@ -168,19 +176,19 @@ def _help(state: State, args: str) -> Reply:
 
 # --- the table -----------------------------------------------------------------------------------
 
-_SETTING_COMMANDS = tuple(
-    Command(f.command, f.metavar if f.name != "greedy" else "[on|off]", f.help, _field_command(f.name),
-            choices=("on", "off") if f.name == "greedy" else ("off",) if f.name == "seed" else ())
-    for f in FIELDS
-    if f.command and f.name not in ("sampler", "stop")
-)
+def _setting_command(f) -> Command:
+    if f.is_list:
+        return Command(f.command, "add|del|list TEXT", f.help, _list_command(f.name), choices=("add", "del", "list"))
+    if f.name == "sampler":
+        return Command(f.command, f.metavar, "sample again (greedy off), picking by probability or evenly", _sample,
+                       choices=SAMPLERS)
+    syntax = "[on|off]" if f.name == "greedy" else f.metavar
+    words = tuple(w for w in f.metavar.split("|") if w.isalpha() and w.islower())  # on, off, all, auto ...
+    return Command(f.command, syntax, f.help, _field_command(f.name), choices=words)
+
 
 COMMANDS: tuple[Command, ...] = (
-    *_SETTING_COMMANDS,
-    Command("sample", "softmax|uniform", "sample again (greedy off), picking by probability or evenly", _sample,
-            choices=("softmax", "uniform")),
-    Command("stop", "add|del|list TEXT", "stop generating at a token such as </s> or at any text", _stop,
-            choices=("add", "del", "list")),
+    *(_setting_command(f) for f in FIELDS if f.command),
     Command("set", "NAME VALUE", "change any setting; Ollama's /set parameter top_k 5 works too", _set,
             choices=("parameter", *_settable_names())),
     Command("settings", "", "show every setting", _show_settings, aliases=("show",)),

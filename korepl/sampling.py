@@ -7,6 +7,7 @@ does, so greedy ids match it exactly.  Nothing here knows about sessions or mode
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,24 @@ def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalt
     return logits.scatter(0, history, penalised)
 
 
+def no_repeat_ngram_bans(history: Sequence[int], n: int) -> list[int]:
+    """HF `no_repeat_ngram_size` semantics: ids that would complete an n-gram already in `history`."""
+    if n <= 0 or len(history) + 1 < n:
+        return []
+    tail = tuple(history[len(history) - n + 1:]) if n > 1 else ()
+    return [history[i + n - 1] for i in range(len(history) - n + 1) if tuple(history[i:i + n - 1]) == tail]
+
+
+def bad_words_bans(history: Sequence[int], sequences: Sequence[Sequence[int]]) -> list[int]:
+    """HF `bad_words_ids` semantics: a sequence's last id is banned when the ids before it end `history`."""
+    banned = []
+    for sequence in sequences:
+        head = list(sequence[:-1])
+        if not head or (len(head) <= len(history) and list(history[len(history) - len(head):]) == head):
+            banned.append(sequence[-1])
+    return banned
+
+
 def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best (ids, scores), best first.  k past the vocabulary means all of it."""
     scores, ids = torch.topk(logits, min(k, logits.shape[-1]))
@@ -32,14 +51,14 @@ def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
 def top_p_keep(scores: torch.Tensor, p: float) -> int:
     """How many of `scores` (sorted best first) form the smallest set whose probability reaches p.
 
-    HF semantics: a token is dropped when the probability of everything ranked above it already exceeds p
-    (counted from the bottom: cumulative mass <= 1 - p is removed); the best token always stays.
+    HF semantics, summed from the bottom as HF does: a token goes when it and everything below it
+    hold at most 1 - p of the mass; the best token always stays.
     """
     if p >= 1.0:
         return scores.shape[-1]
     probs = torch.softmax(scores.float(), dim=-1)
-    mass_above = torch.cumsum(probs, dim=-1) - probs
-    return max(1, int((mass_above < p).sum()))
+    mass_from_bottom = torch.cumsum(probs.flip(-1), dim=-1).flip(-1)
+    return max(1, int((mass_from_bottom > 1 - p).sum()))
 
 
 @dataclass(frozen=True)
@@ -48,9 +67,15 @@ class Choice:
     probability: float  # the model's probability of this token after penalty and temperature
 
 
-def choose(logits: torch.Tensor, history: torch.Tensor, settings: Settings, generator: torch.Generator) -> Choice:
-    """Pick the next token from one logits vector under `settings`; `history` are the ids the model sees."""
+def choose(logits: torch.Tensor, history: torch.Tensor, settings: Settings, generator: torch.Generator,
+           banned: Sequence[int] = ()) -> Choice:
+    """Pick the next token from one logits vector under `settings`.
+
+    `history`: the ids the repetition penalty counts; `banned`: ids that may not be picked at all.
+    """
     logits = apply_repetition_penalty(logits.float(), history, settings.repetition_penalty)
+    if banned:
+        logits = logits.index_fill(0, torch.tensor(sorted(set(banned)), device=logits.device), float("-inf"))
     if settings.greedy:
         token_id = int(torch.argmax(logits))
         return Choice(token_id, float(torch.softmax(logits, dim=-1)[token_id]))
@@ -58,6 +83,8 @@ def choose(logits: torch.Tensor, history: torch.Tensor, settings: Settings, gene
     ids, scores = top_k_candidates(logits, settings.top_k)
     keep = top_p_keep(scores, settings.top_p)
     ids, scores = ids[:keep].cpu(), scores[:keep].cpu()
+    finite = torch.isfinite(scores)  # banned ids can reach the candidates only when too few others are left
+    ids, scores = ids[finite], scores[finite]
     index = pick_index(scores, settings.sampler, generator)
     token_id = int(ids[index])
     probability = float(torch.exp(scores[index] - torch.logsumexp(logits, dim=-1).cpu()))

@@ -16,12 +16,15 @@ import torch
 from transformers import DynamicCache
 
 from korepl import sampling
+from korepl.controls import Controls, Vocabulary, resolve
 from korepl.loading import LoadedModel
 from korepl.settings import Settings
 from korepl.stream import TextGate
 
 # A mid-word join re-encodes the last word with the new text; words longer than this are left alone.
 MAX_REJOIN_TOKENS = 16
+# Tokens of recent text checked for a banned word that the chosen token would complete.
+BAN_LOOKBACK = 16
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,13 @@ class Ending:
 class Session:
     def __init__(self, loaded: LoadedModel, settings: Settings):
         self.loaded = loaded
-        self.settings = settings  # what `generate` uses unless told otherwise
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
+        self.vocab = Vocabulary(loaded.tokenizer)
         self.window = loaded.window
+        self.settings = settings  # validated against this tokenizer; `generate` follows it
         self.ids: list[int] = []  # the whole context
-        self.text = ""  # the writer's text: what was fed and what was generated
+        self.text = ""  # the writer's text: what was fed (newlines kept) and what was generated
         self.view_start = 0  # the model sees ids[view_start:]
         self.tokens_run = 0  # tokens passed through the model so far (tests and benchmarks read it)
         self.slides = 0
@@ -58,28 +62,31 @@ class Session:
         self._cache = DynamicCache()
         self._cached = 0  # ids[view_start : view_start + _cached] are in the cache
         self._logits: torch.Tensor | None = None  # next-token logits after the cached ids
-        self._word_marker = self._find_word_marker()
-        self._newline_ok = "\n" in self.decode(self.encode("가\n가"))
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        """Take new settings; SettingError (nothing changed) when this tokenizer cannot follow them."""
+        self.controls: Controls = resolve(self.vocab, value)
+        self._settings = value
 
     # --- text <-> ids ---------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.vocab.encode(text)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        """The text of `ids` as the writer sees it (a newline token shown as a newline)."""
+        text = self.vocab.decode(ids)
+        token = self.controls.newline_token
+        return text.replace(token + " ", "\n").replace(token, "\n") if token else text
 
     def model_text(self, text: str) -> str:
-        """What the model is given for `text`: a vocabulary without a newline (KoGPT2's) gets a space."""
-        return text if self._newline_ok else text.replace("\r\n", "\n").replace("\n", " ")
-
-    def _find_word_marker(self) -> str | None:
-        """The character a word-initial token starts with ('▁' for KoGPT2, 'Ġ' for byte-level BPE), if any."""
-        ids = self.encode(" a")
-        if not ids:
-            return None
-        first = self.tokenizer.convert_ids_to_tokens(ids[0])
-        return first[0] if first and first[0] != "a" else None
+        """What the model is given for `text`: newlines follow the newline setting (never <unk>)."""
+        return text.replace("\r\n", "\n").replace("\n", self.controls.newline_for_model)
 
     # --- feeding --------------------------------------------------------------------------------
 
@@ -90,7 +97,7 @@ class Session:
         model_text = self.model_text(text)
         rejoin = self._rejoin_start(model_text)
         if rejoin < len(self.ids):
-            tail = self.decode(self.ids[rejoin:])
+            tail = self.model_text(self.decode(self.ids[rejoin:]))
             self._truncate(rejoin)
             new_ids = self.encode(tail + model_text)
         else:
@@ -109,12 +116,12 @@ class Session:
 
     def _rejoin_start(self, model_text: str) -> int:
         """Where re-encoding must start so a join inside a word tokenizes as the whole text would."""
-        if not self.ids or model_text[:1].isspace() or self._word_marker is None:
+        marker = self.vocab.word_marker
+        if not self.ids or model_text[:1].isspace() or marker is None:
             return len(self.ids)
         lowest = max(self.view_start, len(self.ids) - MAX_REJOIN_TOKENS)
         for index in range(len(self.ids) - 1, lowest - 1, -1):
-            token = self.tokenizer.convert_ids_to_tokens(self.ids[index])
-            if token.startswith(self._word_marker):
+            if self.vocab.token(self.ids[index]).startswith(marker):
                 return index
         return len(self.ids)
 
@@ -197,9 +204,12 @@ class Session:
                 layer.crop(-excess)
         self._cached = min(self._cached, length)
 
-    def visible_ids(self) -> torch.Tensor:
-        """The ids the model sees (the repetition penalty's history)."""
-        return torch.tensor(self.ids[self.view_start:], dtype=torch.long, device=self.loaded.device)
+    def penalty_history(self) -> torch.Tensor:
+        """The ids the repetition penalty counts: what the model sees, or its last `repetition_window`."""
+        start = self.view_start
+        if self.settings.repetition_window is not None:
+            start = max(start, len(self.ids) - self.settings.repetition_window)
+        return torch.tensor(self.ids[start:], dtype=torch.long, device=self.loaded.device)
 
     # --- generating -----------------------------------------------------------------------------
 
@@ -210,22 +220,22 @@ class Session:
         ends for any reason, Ctrl+C included, tokens whose text was not shown are dropped, so the
         context always equals what was shown.
         """
-        settings = self.settings
+        settings, controls = self.settings, self.controls
         if not self.ids:
             self._seed_empty_context()
-        stop_ids, stop_texts = self.split_stops(settings.stop)
         generator = sampling.make_generator(settings.seed)
-        gate = TextGate(self.decode, self.ids, stop_texts)
-        start = len(self.ids)
+        gate = TextGate(self.decode, self.ids, controls.stop_texts)
+        start = kept = len(self.ids)  # ids before `kept` are shown
         ending = Ending("interrupted")
         try:
             while len(self.ids) - start < settings.max_new_tokens:
-                choice = sampling.choose(self.next_logits(), self.visible_ids(), settings, generator)
-                if choice.token_id in stop_ids:
-                    ending = Ending("stop-token", self.tokenizer.convert_ids_to_tokens(choice.token_id))
+                choice = self._choose(generator, suppress_stops=len(self.ids) - start < settings.min_new_tokens)
+                if choice.token_id in controls.stop_ids:
+                    ending = Ending("stop-token", self.vocab.token(choice.token_id))
                     break
                 self.ids.append(choice.token_id)
                 text = gate.push(choice.token_id)
+                kept = start + gate.shown_ids
                 if text:
                     yield self._show(Step(choice.token_id, text, choice.probability))
                 if gate.stopped_by is not None:
@@ -233,13 +243,43 @@ class Session:
                     break
             else:
                 ending = Ending("max-tokens")
-            if ending.reason != "stop-text":
+            if ending.reason == "stop-text":
+                # The stop text began inside a token: keep the text before it, re-encoded on its own.
+                self._truncate(kept)
+                if gate.stop_prefix:
+                    self.feed(gate.stop_prefix)
+                    kept = len(self.ids)
+                    yield Step(self.ids[-1], gate.stop_prefix, 1.0)
+            else:
                 text = gate.finish()
+                kept = start + gate.shown_ids
                 if text:
                     yield self._show(Step(self.ids[-1], text, 1.0))
         finally:
-            self._truncate(start + gate.shown_ids)
+            self._truncate(kept)
             self.last_ending = Ending(ending.reason, ending.detail, len(self.ids) - start)
+
+    def _choose(self, generator, suppress_stops: bool) -> sampling.Choice:
+        """One pick under the settings, with n-gram, banned-word and (early on) stop-token bans."""
+        settings, controls = self.settings, self.controls
+        history = self.ids[self.view_start:]
+        banned = sampling.no_repeat_ngram_bans(history, settings.no_repeat_ngram_size)
+        banned += sampling.bad_words_bans(history, controls.ban_sequences)
+        if suppress_stops:
+            banned += controls.stop_ids
+        logits = self.next_logits()
+        while True:
+            choice = sampling.choose(logits, self.penalty_history(), settings, generator, banned)
+            if not self._writes_banned_text(choice.token_id) or len(banned) > self.window:
+                return choice
+            banned.append(choice.token_id)  # a banned word spelt some other way: pick again without it
+
+    def _writes_banned_text(self, token_id: int) -> bool:
+        if not self.controls.ban_texts:
+            return False
+        tail = self.ids[-BAN_LOOKBACK:]
+        before, after = self.decode(tail), self.decode(tail + [token_id])
+        return any(after.count(word) > before.count(word) for word in self.controls.ban_texts)
 
     def _show(self, step: Step) -> Step:
         """Record shown text in the writer's text; a text's very first words get no leading space."""
@@ -247,10 +287,3 @@ class Session:
             step = Step(step.token_id, step.text.lstrip(), step.probability)
         self.text += step.text
         return step
-
-    def split_stops(self, stops: tuple[str, ...]) -> tuple[set[int], tuple[str, ...]]:
-        """Entries that name a special token (</s>, </d>, <unused0> ...) stop on its id; the rest on text."""
-        added = self.tokenizer.get_added_vocab()
-        ids = {added[s] for s in stops if s in added}
-        texts = tuple(self.model_text(s) for s in stops if s not in added)
-        return ids, texts

@@ -42,6 +42,12 @@ class Settings:
     stop: tuple[str, ...]
     window_keep: float
     join: str
+    no_repeat_ngram_size: int
+    repetition_window: int | None
+    ban: tuple[str, ...]
+    min_new_tokens: int
+    newline: str
+    window_warn: float
 
     def with_value(self, name: str, raw: Any) -> Settings:
         field = FIELDS_BY_NAME.get(name)
@@ -118,16 +124,29 @@ def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
     return parse
 
 
-def _seed(name: str, raw: Any) -> int | None:
-    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("off", "none", "random")):
-        return None
-    try:
-        return _int_in(0, 2**63 - 1)(name, raw)
-    except SettingError:
-        raise SettingError(f"{name} must be a whole number from 0 to 2^63-1, or off (got {str(raw)!r})") from None
+def _int_or_none(low: int, high: int, none_word: str) -> Callable[[str, Any], int | None]:
+    """A whole number in range, or `none_word` (meaning: no number; stored as None)."""
+
+    def parse(name: str, raw: Any) -> int | None:
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() == none_word):
+            return None
+        try:
+            return _int_in(low, high)(name, raw)
+        except SettingError:
+            raise SettingError(f"{name} must be a whole number from {low} to {high}, or {none_word} "
+                               f"(got {str(raw)!r})") from None
+
+    return parse
 
 
-def _stop_list(name: str, raw: Any) -> tuple[str, ...]:
+def _newline(name: str, raw: Any) -> str:
+    text = str(raw).strip()
+    if text in ("auto", "space") or (text.startswith("<") and text.endswith(">") and " " not in text):
+        return text
+    raise SettingError(f"{name} must be auto, space or a token such as <unused0> (got {str(raw)!r})")
+
+
+def _text_list(name: str, raw: Any) -> tuple[str, ...]:
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
         raise SettingError(f"{name} must be a list of texts (got {raw!r})")
@@ -144,16 +163,21 @@ class Field:
     metavar: str = ""
     command: str = ""  # the REPL's short command for it (/topk), if any
     ollama: str = ""  # its name in Ollama's `/set parameter NAME VALUE`, if any
+    none_label: str = "off"  # how a value of None is shown
+
+    @property
+    def is_list(self) -> bool:
+        """A list of texts, changed with add|del|list and given as a repeatable flag."""
+        return self.parse_value is _text_list
 
     def parse(self, raw: Any) -> Any:
         return self.parse_value(self.name, raw)
 
-    @staticmethod
-    def show(value: Any) -> str:
+    def show(self, value: Any) -> str:
         if isinstance(value, bool):
             return "on" if value else "off"
         if value is None:
-            return "off"
+            return self.none_label
         if isinstance(value, tuple):
             return ", ".join(value) if value else "(none)"
         if isinstance(value, float):
@@ -176,13 +200,26 @@ FIELDS: tuple[Field, ...] = (
           "divide the scores of tokens already in the window (1 = off)", "R", command="rep", ollama="repeat_penalty"),
     Field("max_new_tokens", _int_in(1, 4096), "longest continuation, in tokens", "N", command="max",
           ollama="num_predict"),
-    Field("seed", _seed, "a whole number makes sampling reproducible; off draws a fresh one", "N|off",
-          command="seed", ollama="seed"),
-    Field("stop", _stop_list, "stop at any of these: a token such as </s>, or any text", "TEXT", command="stop"),
+    Field("seed", _int_or_none(0, 2**63 - 1, "off"), "a whole number makes sampling reproducible; off draws a fresh one",
+          "N|off", command="seed", ollama="seed"),
+    Field("stop", _text_list, "stop at any of these: a token such as </s>, or any text (not shown)", "TEXT",
+          command="stop"),
+    Field("no_repeat_ngram_size", _int_in(0, 20), "never repeat a run of this many tokens (0 = off)", "N",
+          command="norepeat"),
+    Field("repetition_window", _int_or_none(1, TOP_K_MAX, "all"),
+          "penalise repeats among only the last N tokens (all = the whole window)", "N|all", command="repwindow",
+          none_label="all"),
+    Field("ban", _text_list, "words or phrases the model may not write", "TEXT", command="ban"),
+    Field("min_new_tokens", _int_in(0, 4096), "write at least this many tokens before a stop token counts", "N",
+          command="min"),
+    Field("newline", _newline, "what the model is given for a newline: auto, space, or a token such as <unused0>",
+          "auto|space|TOKEN", command="newline"),
     Field("window_keep", _float_in(0.1, 0.95, low_open=False),
           "when the model's window is full, keep this fraction of it", "F"),
     Field("join", _choice(JOINS), "what goes between the text so far and a typed line (none if it ends in a space)",
           "newline|space|none"),
+    Field("window_warn", _float_in(0.5, 1.0, low_open=False), "warn in the toolbar when this share of the window is used",
+          "F"),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 assert set(FIELDS_BY_NAME) == {f.name for f in dataclasses.fields(Settings)}, "FIELDS must cover Settings"

@@ -75,6 +75,7 @@ class TextGate:
         self._bounds: list[tuple[int, int]] = []  # (ids pushed, length of `_pending`) where a token's text ends
         self.shown_ids = 0
         self.stopped_by: str | None = None
+        self.stop_prefix = ""  # text before the stop that shares a token with it (not released)
 
     def push(self, token_id: int) -> str:
         """Add one generated id; return the text that may be shown now (often "")."""
@@ -87,7 +88,9 @@ class TextGate:
         if stop_at is None:
             return self._release(safe)
         self.stopped_by = min((s for s in self._stops if self._pending.find(s) == stop_at), key=len)
-        return self._release(stop_at)
+        text = self._release(stop_at)
+        self.stop_prefix = self._pending[:stop_at - len(text)]
+        return text
 
     def finish(self) -> str:
         """At a normal end, release all whole text (a stop text can no longer complete)."""

@@ -21,12 +21,20 @@ BAD_VALUES = {
     "stop": [[""], [1, 2], 5],
     "window_keep": ["0", "1", "0.99", "half"],
     "join": ["tab", "", "3"],
+    "no_repeat_ngram_size": ["-1", "21", "x"],
+    "repetition_window": ["0", "-5", "some", "1.5"],
+    "ban": [[""], [3], 7],
+    "min_new_tokens": ["-1", "4097", "a"],
+    "newline": ["", "tab", "<un used>", "unused0"],
+    "window_warn": ["0.4", "1.1", "x"],
 }
 GOOD_VALUES = {
     "greedy": ("on", True), "sampler": ("uniform", "uniform"), "top_k": ("3", 3), "top_p": ("0.9", 0.9),
     "temperature": ("0.7", 0.7), "repetition_penalty": ("1.2", 1.2), "max_new_tokens": ("64", 64),
     "seed": ("42", 42), "stop": (["。", "</s>"], ("。", "</s>")), "window_keep": ("0.5", 0.5),
     "join": ("space", "space"),
+    "no_repeat_ngram_size": ("3", 3), "repetition_window": ("64", 64), "ban": (["법률"], ("법률",)),
+    "min_new_tokens": ("1", 1), "newline": ("<unused0>", "<unused0>"), "window_warn": ("0.8", 0.8),
 }
 
 
@@ -58,9 +66,11 @@ def test_defaults_follow_the_source_study():
     assert config.decoding.stop == ("</s>", "</d>") and not config.decoding.greedy
 
 
-def test_seed_off_means_fresh():
-    settings = load_defaults().decoding.with_value("seed", "7")
+def test_seed_off_means_fresh_and_repetition_window_all_means_whole():
+    settings = load_defaults().decoding.with_value("seed", "7").with_value("repetition_window", "9")
     assert settings.with_value("seed", "off").seed is None
+    assert settings.with_value("repetition_window", "all").repetition_window is None
+    assert load_defaults().decoding.repetition_window is None
 
 
 @given(st.sampled_from([f.name for f in FIELDS]), st.one_of(st.text(max_size=20), st.integers(), st.floats()))
