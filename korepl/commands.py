@@ -147,7 +147,14 @@ def _context(state: State, args: str) -> Reply:
     session = _needs_session(state)
     used = len(session.ids) - session.view_start
     header = f"{len(session.ids)} tokens in the text; the model sees the last {used} of its {session.window}"
-    return info(header, session.text if session.text else "(the text is empty)")
+    text = session.text
+    if session.view_start > 0:  # mark where the model's view begins, counting back from the end
+        start = max(0, len(text) - len(session.decode(session.ids[session.view_start:])))
+        text = text[:start] + VIEW_MARK + text[start:]
+    return info(header, text if text else "(the text is empty)")
+
+
+VIEW_MARK = "[▸ the model sees from here] "
 
 
 def _reset(state: State, args: str) -> Reply:

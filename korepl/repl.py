@@ -155,6 +155,7 @@ class Repl:
         self._quit = False
         self.last_speed: float | None = None
         self._notices = notices
+        self._slides_seen = 0
 
     # --- the state commands see ----------------------------------------------------------------
 
@@ -180,6 +181,7 @@ class Repl:
         if self._session is not None:
             self._session = None
             self.last_speed = None
+            self._slides_seen = 0
 
     def quit(self) -> None:
         self._quit = True
@@ -236,11 +238,30 @@ class Repl:
         session = self.session
         if line:
             session.add_line(line)
-        self._continue(session)
+            if len(session.ids) > session.window:
+                self._print(f"[the text is {len(session.ids)} tokens, more than the model's window of "
+                            f"{session.window}: all of it is kept, and the model sees the most recent part]", "note")
+        written = self._continue(session)
+        self._explain_ending(session, written)
 
-    def _continue(self, session) -> None:
+    def _explain_ending(self, session, written: str) -> None:
+        """Never a silent turn, never an unseen slide: one dim line says what happened."""
+        ending = session.last_ending
+        silent = ending is not None and not written.strip()
+        if silent and ending.reason == "stop-token":
+            self._print(f"[the model ended the text at once ({ending.detail}); /min 1 makes it write at least "
+                        "one token, or press Enter to continue anyway]", "note")
+        elif silent and ending.reason == "stop-text":
+            self._print(f"[the continuation began with the stop text {ending.detail!r}; nothing was added]", "note")
+        if session.slides > self._slides_seen:
+            self._slides_seen = session.slides
+            self._print(f"[the window slid: the model no longer sees the first {session.view_start} tokens "
+                        "of the text]", "note")
+
+    def _continue(self, session) -> str:
+        """Stream one continuation to the screen; returns the text written."""
         start_len, started = len(session.ids), time.perf_counter()
-        at_line_start = True
+        at_line_start, written = True, ""
         with InterruptGuard() as guard, contextlib.closing(session.generate()) as steps:
             try:
                 for step in steps:
@@ -248,6 +269,7 @@ class Repl:
                     at_line_start = at_line_start and not text
                     with guard.shield():
                         self._print(text, "continuation", end="")
+                        written += text
             except KeyboardInterrupt:
                 steps.close()
                 self._print("" if at_line_start else "\n", end="")
@@ -258,6 +280,7 @@ class Repl:
         self.last_speed = produced / elapsed if produced and elapsed > 0 else None
         if not at_line_start:
             self._print("")
+        return written
 
     def _wait_for_model(self) -> bool:
         """Show a spinner until the model is ready; False when it failed or the wait was cancelled."""
@@ -301,8 +324,11 @@ class Repl:
         session = self.session
         used = len(session.ids) - session.view_start
         speed = f"{self.last_speed:.1f} tok/s" if self.last_speed else "– tok/s"
-        return FormattedText([("", f" {self.model_label} │ {mode} rep {s.repetition_penalty:g} "
-                                   f"max {s.max_new_tokens} │ {used}/{session.window} tokens │ {speed}")])
+        text = (f" {self.model_label} │ {mode} rep {s.repetition_penalty:g} max {s.max_new_tokens} │ "
+                f"{used}/{session.window} tokens │ {speed}")
+        if used >= s.window_warn * session.window:
+            return FormattedText([("class:bottom-toolbar.warn", text + " │ the window is nearly full")])
+        return FormattedText([("", text)])
 
 
 def open_history() -> History:

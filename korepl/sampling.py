@@ -42,6 +42,11 @@ def bad_words_bans(history: Sequence[int], sequences: Sequence[Sequence[int]]) -
     return banned
 
 
+def min_new_tokens_bans(new_tokens: int, min_new_tokens: int, stop_ids: Sequence[int]) -> list[int]:
+    """HF `min_new_tokens` semantics: stop tokens may not be picked before `min_new_tokens` new tokens."""
+    return list(stop_ids) if new_tokens < min_new_tokens else []
+
+
 def top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best (ids, scores), best first.  k past the vocabulary means all of it."""
     scores, ids = torch.topk(logits, min(k, logits.shape[-1]))

@@ -229,7 +229,7 @@ class Session:
         ending = Ending("interrupted")
         try:
             while len(self.ids) - start < settings.max_new_tokens:
-                choice = self._choose(generator, suppress_stops=len(self.ids) - start < settings.min_new_tokens)
+                choice = self._choose(generator, new_tokens=len(self.ids) - start)
                 if choice.token_id in controls.stop_ids:
                     ending = Ending("stop-token", self.vocab.token(choice.token_id))
                     break
@@ -259,14 +259,13 @@ class Session:
             self._truncate(kept)
             self.last_ending = Ending(ending.reason, ending.detail, len(self.ids) - start)
 
-    def _choose(self, generator, suppress_stops: bool) -> sampling.Choice:
+    def _choose(self, generator, new_tokens: int) -> sampling.Choice:
         """One pick under the settings, with n-gram, banned-word and (early on) stop-token bans."""
         settings, controls = self.settings, self.controls
         history = self.ids[self.view_start:]
         banned = sampling.no_repeat_ngram_bans(history, settings.no_repeat_ngram_size)
         banned += sampling.bad_words_bans(history, controls.ban_sequences)
-        if suppress_stops:
-            banned += controls.stop_ids
+        banned += sampling.min_new_tokens_bans(new_tokens, settings.min_new_tokens, sorted(controls.stop_ids))
         logits = self.next_logits()
         while True:
             choice = sampling.choose(logits, self.penalty_history(), settings, generator, banned)

@@ -170,3 +170,39 @@ def test_load_failure_shows_the_paragraph_and_commands_still_work(tmp_path):
     out = term.run("대한민국")
     assert "could not load the model" in out and "--demo" in out and "Traceback" not in out
     assert term.close() == 0
+
+
+def test_writer_controls_in_the_repl(term):
+    assert "no_repeat_ngram_size = 3" in term.run("/norepeat 3")
+    assert "ban = 정한다" in term.run("/ban add 정한다")
+    assert "min_new_tokens = 1" in term.run("/min 1")
+    assert "repetition_window = all" in term.run("/repwindow all")
+    assert "no_repeat_ngram_size must be a whole number from 0 to 20 (got -2)" in term.run("/norepeat -2")
+    assert "min_new_tokens must be a whole number from 0 to 4096 (got 'x')" in term.run("/min x")
+    assert "usage: /ban add TEXT" in term.run("/ban remove 정한다")
+    settings = term.run("/settings")
+    for expected in (r"no_repeat_ngram_size\s+3\n", r"ban\s+정한다\n", r"min_new_tokens\s+1\n"):
+        assert re.search(expected, settings)
+    out = term.run("대한민국의 모든 국민은")
+    assert "정한다" not in continuation_of(out, "국민은")
+    assert term.close() == 0
+
+
+def test_a_turn_that_ends_at_once_says_so(term):
+    term.run("/greedy")
+    term.run("/stop add ①")  # the demo model's likeliest next token after 제1조 is '▁①'
+    out = term.run("제1조")
+    assert "[the continuation began with the stop text '①'; nothing was added]" in out
+    assert term.close() == 0
+
+
+def test_a_paste_longer_than_the_window_is_kept_and_slides(term):
+    paste = "대한민국은 민주공화국이다. 모든 권력은 국민으로부터 나온다. " * 60
+    term.run("/max 10")
+    out = term.run(paste, timeout=120)
+    assert re.search(r"\[the text is \d+ tokens, more than the model's window of 1024: all of it is kept", out)
+    assert re.search(r"\[the window slid: the model no longer sees the first \d+ tokens of the text\]", out)
+    context = term.run("/context")
+    assert "[▸ the model sees from here]" in context
+    assert context.count("모든 권력은 국민으로부터 나온다.") >= 59  # the whole paste is kept
+    assert term.close() == 0
