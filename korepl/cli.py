@@ -7,6 +7,7 @@ Exit codes: 0 done, 2 a usage, settings or model problem (one message on stderr,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use the small Korean demo model shipped with korepl (works offline)")
     source.add_argument("--device", choices=DEVICES, help="where to run the model (default auto: CUDA when present)")
 
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue the session the REPL saved when it last closed ({paths.last_session_file()})")
     run = parser.add_argument_group("one-shot")
     run.add_argument("--prompt", metavar="TEXT",
                      help="print the continuation of TEXT and exit (text piped on stdin works the same)")
@@ -101,13 +104,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"korepl: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
+    resume = None
+    if args.resume:
+        from korepl import store
+
+        try:
+            resume = store.read_file(paths.last_session_file())
+        except store.StoreError as exc:
+            print(f"korepl: cannot resume: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if not (args.model or args.demo):  # the model the session was written with
+            config = dataclasses.replace(config, model=str(resume.get("model", {}).get("name", config.model)))
+
     prompt = args.prompt
-    if prompt is None and not sys.stdin.isatty():
+    if prompt is None and not sys.stdin.isatty() and not args.resume:
         prompt = sys.stdin.read()
     if prompt is None:
         from korepl.repl import run_repl
 
-        return run_repl(config, notices)
+        return run_repl(config, notices, resume)
 
     for notice in notices:
         print(notice, file=sys.stderr)

@@ -8,10 +8,13 @@ for anything the user types.  Nothing here knows about prompt_toolkit.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
+from korepl import paths, store
 from korepl.settings import FIELDS, FIELDS_BY_NAME, SAMPLERS, SettingError, Settings
 
 
@@ -27,6 +30,8 @@ class State(Protocol):
 
     def quit(self) -> None: ...
 
+    def edit_text(self, text: str) -> str | None: ...  # the text after the user's editor, None if unchanged
+
 
 class CommandError(ValueError):
     """A bad argument: the message says what is allowed."""
@@ -36,6 +41,7 @@ class CommandError(ValueError):
 class Reply:
     lines: tuple[str, ...] = ()
     error: bool = False
+    stream: Iterator[Any] | None = None  # a continuation for the REPL to show (from /retry, /pick)
 
 
 def info(*lines: str) -> Reply:
@@ -55,7 +61,7 @@ class Command:
 # --- settings ----------------------------------------------------------------------------------
 
 
-def _set_field(state: State, name: str, raw: str) -> Reply:
+def _set_field(state: State, name: str, raw: Any) -> Reply:
     try:
         state.settings = state.settings.with_value(name, raw)
     except SettingError as exc:
@@ -162,6 +168,111 @@ def _reset(state: State, args: str) -> Reply:
     return info("the text is cleared; settings are kept")
 
 
+def _tail(text: str, width: int = 40) -> str:
+    text = text.replace("\n", " ⏎ ")
+    return "…" + text[-width:] if len(text) > width else text
+
+
+def _head(text: str, width: int = 40) -> str:
+    text = text.strip().replace("\n", " ⏎ ")
+    return text[:width] + "…" if len(text) > width else text
+
+
+def _undo(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    undone = _session_move(session.undo)
+    what = "continuation" if undone.kind == "generated" else "line" if undone.kind == "typed" else undone.kind
+    return info(f"took back the {what} '{_head(undone.new_text)}'; the text now ends: {_tail(session.text)}")
+
+
+def _redo(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    redone = _session_move(session.redo)
+    return info(f"brought back '{_head(redone.new_text)}'; the text now ends: {_tail(session.text)}")
+
+
+def _retry(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    return Reply(stream=_session_move(session.retry))
+
+
+def _alt(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    if args:
+        number = _whole_number(args, "usage: /alt to list the alternatives, /alt N to switch to one")
+        chosen = _session_move(lambda: session.switch(number))
+        return info(f"alternative {number}: the text now ends: {_tail(session.text)}", chosen.new_text)
+    options = session.alternatives()
+    if not options:
+        return info("no alternatives here yet: /retry writes one")
+    return info(*(f"{'*' if t is session.turn else ' '}{n}. {_head(t.new_text, 60)}"
+                  for n, t in enumerate(options, 1)))
+
+
+def _peek(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    count = _whole_number(args, "usage: /peek [K], K from 1 to 100") if args else 5
+    if not 1 <= count <= 100:
+        raise CommandError("usage: /peek [K], K from 1 to 100")
+    return info(*(f"{n:>3}. {c.token!r:<16} {c.probability:7.2%}"
+                  for n, c in enumerate(session.peek(count), 1)))
+
+
+def _pick(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    number = _whole_number(args, "usage: /pick N, a number from the /peek list")
+    if not 1 <= number <= 100:
+        raise CommandError("usage: /pick N, a number from the /peek list (1 to 100)")
+    return Reply(stream=_session_move(lambda: session.pick(number)))
+
+
+def _save(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    path = Path(args).expanduser() if args else paths.sessions_dir() / time.strftime("session-%Y%m%d-%H%M%S.json")
+    try:
+        store.save(session, path)
+    except store.StoreError as exc:
+        raise CommandError(str(exc)) from None
+    return info(f"saved to {path}")
+
+
+def _load(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    if not args:
+        raise CommandError("usage: /load FILE")
+    try:
+        store.restore(session, store.read_file(Path(args).expanduser()), args)
+    except store.StoreError as exc:
+        raise CommandError(f"{exc}; the current session is unchanged") from None
+    state.settings = session.settings
+    return info(f"loaded {args}: {len(session.ids)} tokens; the text ends: {_tail(session.text)}")
+
+
+def _edit(state: State, args: str) -> Reply:
+    session = _needs_session(state)
+    new_text = state.edit_text(session.text)
+    if new_text is None:
+        return info("no change")
+    rerun = session.edit(new_text)
+    return info(f"the text is updated; the model re-reads only its last {rerun} tokens")
+
+
+def _whole_number(text: str, usage: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise CommandError(usage) from None
+
+
+def _session_move(move: Callable[[], Any]) -> Any:
+    from korepl.session import SessionError
+
+    try:
+        return move()
+    except SessionError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _quit(state: State, args: str) -> Reply:
     state.quit()
     return info()
@@ -199,6 +310,15 @@ COMMANDS: tuple[Command, ...] = (
     Command("set", "NAME VALUE", "change any setting; Ollama's /set parameter top_k 5 works too", _set,
             choices=("parameter", *_settable_names())),
     Command("settings", "", "show every setting", _show_settings, aliases=("show",)),
+    Command("undo", "", "take back the last continuation; again, the line before it", _undo),
+    Command("redo", "", "bring back what /undo took", _redo),
+    Command("retry", "", "write the last continuation again; the old one stays an alternative", _retry),
+    Command("alt", "[N]", "list the alternatives of this continuation, or switch to number N", _alt),
+    Command("peek", "[K]", "show the K likeliest next tokens and their probabilities (changes nothing)", _peek),
+    Command("pick", "N", "append candidate N from /peek and continue from it", _pick),
+    Command("edit", "", "open the whole text in $EDITOR; the model re-reads only what changed", _edit),
+    Command("save", "[FILE]", "save the session (text, turns, settings) as JSON", _save),
+    Command("load", "FILE", "load a saved session", _load),
     Command("context", "", "show the whole text and how much of it the model sees", _context),
     Command("reset", "", "clear the text and start over (settings stay)", _reset),
     Command("help", "[COMMAND]", "list the commands, or explain one", _help),

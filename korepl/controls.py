@@ -58,8 +58,16 @@ class Controls:
     newline_token: str | None  # a named token standing for "\n", mapped back when shown
 
 
+# How KoGPT2 chat fine-tunes mark a turn: <usr> the user's line <sys> the answer </s>.
+CHAT_USER, CHAT_SYSTEM, CHAT_END = "<usr>", "<sys>", "</s>"
+
+
 def resolve(vocab: Vocabulary, settings: Settings) -> Controls:
-    stop_ids = frozenset(vocab.added[s] for s in settings.stop if s in vocab.added)
+    stop_ids = {vocab.added[s] for s in settings.stop if s in vocab.added}
+    if settings.mode == "chat":
+        if not all(t in vocab.added for t in (CHAT_USER, CHAT_SYSTEM, CHAT_END)):
+            raise SettingError("mode chat needs the <usr>, <sys> and </s> tokens, which this model's vocabulary lacks")
+        stop_ids.add(vocab.added[CHAT_END])
     stop_texts = tuple(s for s in settings.stop if s not in vocab.added)
     sequences = sorted({ids for word in settings.ban for ids in vocab.spellings(word)})
     newline = settings.newline
@@ -72,4 +80,4 @@ def resolve(vocab: Vocabulary, settings: Settings) -> Controls:
     else:
         raise SettingError(f"newline must be auto, space or a token of this model's vocabulary "
                            f"('{newline}' is not one)")
-    return Controls(stop_ids, stop_texts, tuple(sequences), settings.ban, newline_for_model, token)
+    return Controls(frozenset(stop_ids), stop_texts, tuple(sequences), settings.ban, newline_for_model, token)

@@ -22,3 +22,12 @@ def state_dir() -> Path:
 
 def history_file() -> Path:
     return state_dir() / "history"
+
+
+def sessions_dir() -> Path:
+    return state_dir() / "sessions"
+
+
+def last_session_file() -> Path:
+    """Where the REPL saves the session on exit, for `korepl --resume`."""
+    return state_dir() / "last-session.json"

@@ -8,8 +8,12 @@ printed piece by piece as the session yields it, and Ctrl+C stops it with what w
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -24,12 +28,14 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
 
-from korepl import commands, paths
+from korepl import commands, paths, store
 from korepl.loading import DEMO_MODEL_DIR, ModelUnavailable
 from korepl.settings import Config, Settings
 
 STYLE = Style.from_dict({
     "continuation": "ansicyan",
+    "unsure": "ansiyellow",
+    "doubtful": "ansired underline",
     "note": "ansibrightblack",
     "error": "ansired",
     "bottom-toolbar": "noreverse bg:ansiblack ansiwhite",
@@ -147,15 +153,16 @@ def key_bindings() -> KeyBindings:
 
 
 class Repl:
-    def __init__(self, config: Config, notices: list[str]):
+    def __init__(self, config: Config, notices: list[str], resume: dict | None = None):
         self._settings = config.decoding
         self.model_label = "demo" if Path(config.model) == DEMO_MODEL_DIR else config.model
         self._load = BackgroundLoad(config.model, config.device)
         self._session = None
         self._quit = False
         self.last_speed: float | None = None
-        self._notices = notices
+        self._notices = list(notices)  # printed before the next prompt
         self._slides_seen = 0
+        self._resume = resume
 
     # --- the state commands see ----------------------------------------------------------------
 
@@ -175,7 +182,20 @@ class Repl:
             from korepl.session import Session
 
             self._session = Session(self._load.loaded, self._settings)
+            if self._resume is not None:
+                self._restore(self._resume)
+                self._resume = None
         return self._session
+
+    def _restore(self, data: dict) -> None:
+        try:
+            store.restore(self._session, data, str(paths.last_session_file()))
+        except store.StoreError as exc:
+            self._notices.append(f"korepl: cannot resume: {exc}; starting with an empty text")
+            return
+        self._settings = self._session.settings
+        self._notices.append(f"resumed: {len(self._session.ids)} tokens; the text ends: "
+                             f"{self._session.text[-60:]}")
 
     def reset(self) -> None:
         if self._session is not None:
@@ -199,10 +219,10 @@ class Repl:
             refresh_interval=0.5,  # the toolbar notices when the model is ready
             style=STYLE,
         )
-        for notice in self._notices:
-            self._print(notice, "note")
         self._print(f"korepl: writing with {self.model_label}. /help lists the commands; Ctrl+D leaves.", "note")
         while not self._quit:
+            while self._notices:
+                self._print(self._notices.pop(0), "note")
             try:
                 line = self._read(prompt)
             except KeyboardInterrupt:
@@ -212,10 +232,37 @@ class Repl:
             if line is None:
                 continue
             if commands.is_command(line) and "\n" not in line:
-                self._show(commands.run_command(self, line))
+                reply = commands.run_command(self, line)
+                self._show(reply)
+                if reply.stream is not None:
+                    self._explain_ending(self.session, self._continue(self.session, reply.stream))
             else:
                 self._write(line)
+        self._autosave()
         return 0
+
+    def _autosave(self) -> None:
+        """Leave the session where `korepl --resume` finds it."""
+        if self._session is None or not self._session.text:
+            return
+        try:
+            store.save(self._session, paths.last_session_file())
+        except store.StoreError as exc:
+            self._print(f"could not save the session for --resume: {exc}", "error")
+
+    def edit_text(self, text: str) -> str | None:
+        """Open `text` in $VISUAL or $EDITOR (vi when neither is set); the edited text, or None if unchanged."""
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        with tempfile.TemporaryDirectory(prefix="korepl-") as folder:
+            path = Path(folder) / "text.txt"
+            path.write_text(text, encoding="utf-8")
+            try:
+                subprocess.run([*shlex.split(editor), str(path)], check=True)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise commands.CommandError(f"the editor '{editor}' failed ({exc}); the text is unchanged") from None
+            edited = path.read_text(encoding="utf-8")
+        edited = edited[:-1] if edited.endswith("\n") and not text.endswith("\n") else edited  # editors add one
+        return None if edited == text else edited
 
     def _read(self, prompt: PromptSession) -> str | None:
         with patch_stdout():
@@ -241,7 +288,7 @@ class Repl:
             if len(session.ids) > session.window:
                 self._print(f"[the text is {len(session.ids)} tokens, more than the model's window of "
                             f"{session.window}: all of it is kept, and the model sees the most recent part]", "note")
-        written = self._continue(session)
+        written = self._continue(session, session.generate())
         self._explain_ending(session, written)
 
     def _explain_ending(self, session, written: str) -> None:
@@ -258,17 +305,17 @@ class Repl:
             self._print(f"[the window slid: the model no longer sees the first {session.view_start} tokens "
                         "of the text]", "note")
 
-    def _continue(self, session) -> str:
-        """Stream one continuation to the screen; returns the text written."""
+    def _continue(self, session, steps) -> str:
+        """Stream one continuation (session.generate's steps) to the screen; returns the text written."""
         start_len, started = len(session.ids), time.perf_counter()
         at_line_start, written = True, ""
-        with InterruptGuard() as guard, contextlib.closing(session.generate()) as steps:
+        with InterruptGuard() as guard, contextlib.closing(steps):
             try:
                 for step in steps:
                     text = step.text.lstrip(" ") if at_line_start else step.text
                     at_line_start = at_line_start and not text
                     with guard.shield():
-                        self._print(text, "continuation", end="")
+                        self._print(text, self._token_style(step.probability), end="")
                         written += text
             except KeyboardInterrupt:
                 steps.close()
@@ -302,6 +349,12 @@ class Repl:
         return True
 
     # --- output --------------------------------------------------------------------------------
+
+    def _token_style(self, probability: float) -> str:
+        """With /probs on, unsure tokens stand out: yellow below 50%, red below 20%."""
+        if not self._settings.probs:
+            return "continuation"
+        return "continuation" if probability >= 0.5 else "unsure" if probability >= 0.2 else "doubtful"
 
     def _print(self, text: str, style: str = "", end: str = "\n") -> None:
         print_formatted_text(FormattedText([(f"class:{style}" if style else "", text)]), style=STYLE, end=end)
@@ -342,5 +395,5 @@ def open_history() -> History:
         return InMemoryHistory()
 
 
-def run_repl(config: Config, notices: list[str]) -> int:
-    return Repl(config, notices).run()
+def run_repl(config: Config, notices: list[str], resume: dict | None = None) -> int:
+    return Repl(config, notices, resume).run()

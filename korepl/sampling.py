@@ -72,27 +72,35 @@ class Choice:
     probability: float  # the model's probability of this token after penalty and temperature
 
 
+def scores(logits: torch.Tensor, history: torch.Tensor, settings: Settings, banned: Sequence[int] = ()) -> torch.Tensor:
+    """The logits the pick works on: repetition penalty, bans (-inf), then temperature unless greedy.
+
+    Their softmax is the model's probability of each next token under the settings (what /peek shows).
+    """
+    logits = apply_repetition_penalty(logits.float(), history, settings.repetition_penalty)
+    if banned:
+        logits = logits.index_fill(0, torch.tensor(sorted(set(banned)), device=logits.device), float("-inf"))
+    return logits if settings.greedy else logits / settings.temperature
+
+
 def choose(logits: torch.Tensor, history: torch.Tensor, settings: Settings, generator: torch.Generator,
            banned: Sequence[int] = ()) -> Choice:
     """Pick the next token from one logits vector under `settings`.
 
     `history`: the ids the repetition penalty counts; `banned`: ids that may not be picked at all.
     """
-    logits = apply_repetition_penalty(logits.float(), history, settings.repetition_penalty)
-    if banned:
-        logits = logits.index_fill(0, torch.tensor(sorted(set(banned)), device=logits.device), float("-inf"))
+    logits = scores(logits, history, settings, banned)
     if settings.greedy:
         token_id = int(torch.argmax(logits))
         return Choice(token_id, float(torch.softmax(logits, dim=-1)[token_id]))
-    logits = logits / settings.temperature
-    ids, scores = top_k_candidates(logits, settings.top_k)
-    keep = top_p_keep(scores, settings.top_p)
-    ids, scores = ids[:keep].cpu(), scores[:keep].cpu()
-    finite = torch.isfinite(scores)  # banned ids can reach the candidates only when too few others are left
-    ids, scores = ids[finite], scores[finite]
-    index = pick_index(scores, settings.sampler, generator)
+    ids, top = top_k_candidates(logits, settings.top_k)
+    keep = top_p_keep(top, settings.top_p)
+    ids, top = ids[:keep].cpu(), top[:keep].cpu()
+    finite = torch.isfinite(top)  # banned ids can reach the candidates only when too few others are left
+    ids, top = ids[finite], top[finite]
+    index = pick_index(top, settings.sampler, generator)
     token_id = int(ids[index])
-    probability = float(torch.exp(scores[index] - torch.logsumexp(logits, dim=-1).cpu()))
+    probability = float(torch.exp(top[index] - torch.logsumexp(logits, dim=-1).cpu()))
     return Choice(token_id, probability)
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from korepl import sampling
-from korepl.controls import Controls, Vocabulary, resolve
+from korepl import sampling, turns
+from korepl.controls import CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, resolve
 from korepl.loading import LoadedModel
 from korepl.settings import Settings
 from korepl.stream import TextGate
@@ -33,6 +33,17 @@ class Step:
 
     token_id: int
     text: str
+    probability: float
+
+
+class SessionError(ValueError):
+    """A move that cannot be made now (nothing to undo, no such alternative); the message is for the user."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    token_id: int
+    token: str  # as the vocabulary spells it, with its '▁'
     probability: float
 
 
@@ -62,6 +73,7 @@ class Session:
         self._cache = DynamicCache()
         self._cached = 0  # ids[view_start : view_start + _cached] are in the cache
         self._logits: torch.Tensor | None = None  # next-token logits after the cached ids
+        self.root = self.turn = turns.start()  # the tree of turns, and where the text stands in it
 
     @property
     def settings(self) -> Settings:
@@ -107,12 +119,17 @@ class Session:
         return len(new_ids)
 
     def add_line(self, line: str) -> int:
-        """Join a typed line to the text, with the separator the `join` setting asks for."""
-        if not self.text or self.text[-1:].isspace():
-            separator = ""
+        """Join a typed line to the text (a turn of its own), as the `join` and `mode` settings ask."""
+        if self.settings.mode == "chat":
+            added = self.feed(f"{CHAT_USER}{line}{CHAT_SYSTEM}")
         else:
-            separator = {"newline": "\n", "space": " ", "none": ""}[self.settings.join]
-        return self.feed(separator + line)
+            if not self.text or self.text[-1:].isspace():
+                separator = ""
+            else:
+                separator = {"newline": "\n", "space": " ", "none": ""}[self.settings.join]
+            added = self.feed(separator + line)
+        self._record("typed")
+        return added
 
     def _rejoin_start(self, model_text: str) -> int:
         """Where re-encoding must start so a join inside a word tokenizes as the whole text would."""
@@ -228,6 +245,8 @@ class Session:
         start = kept = len(self.ids)  # ids before `kept` are shown
         ending = Ending("interrupted")
         try:
+            self.next_logits()
+            self._remember_logits()  # so that undoing this continuation needs no model run
             while len(self.ids) - start < settings.max_new_tokens:
                 choice = self._choose(generator, new_tokens=len(self.ids) - start)
                 if choice.token_id in controls.stop_ids:
@@ -258,14 +277,25 @@ class Session:
         finally:
             self._truncate(kept)
             self.last_ending = Ending(ending.reason, ending.detail, len(self.ids) - start)
+            try:
+                if ending.reason != "interrupted":
+                    self.next_logits()  # run the last token now, so undoing back to here needs no model run
+            finally:
+                self._record("generated")
 
-    def _choose(self, generator, new_tokens: int) -> sampling.Choice:
-        """One pick under the settings, with n-gram, banned-word and (early on) stop-token bans."""
+    def _bans(self, new_tokens: int) -> list[int]:
+        """Ids that may not come next: repeated n-grams, banned words, stop tokens before min_new_tokens."""
         settings, controls = self.settings, self.controls
         history = self.ids[self.view_start:]
         banned = sampling.no_repeat_ngram_bans(history, settings.no_repeat_ngram_size)
         banned += sampling.bad_words_bans(history, controls.ban_sequences)
         banned += sampling.min_new_tokens_bans(new_tokens, settings.min_new_tokens, sorted(controls.stop_ids))
+        return banned
+
+    def _choose(self, generator, new_tokens: int) -> sampling.Choice:
+        """One pick under the settings; a pick that would write a banned word some other way is picked again."""
+        settings = self.settings
+        banned = self._bans(new_tokens)
         logits = self.next_logits()
         while True:
             choice = sampling.choose(logits, self.penalty_history(), settings, generator, banned)
@@ -286,3 +316,104 @@ class Session:
             step = Step(step.token_id, step.text.lstrip(), step.probability)
         self.text += step.text
         return step
+
+    # --- exploring: the turn tree -------------------------------------------------------------
+
+    def _record(self, kind: str) -> None:
+        """Make the current text a turn of its own (nothing when it did not change)."""
+        if self.ids == self.turn.ids() and self.text == self.turn.text():
+            return
+        self.turn = turns.grow(self.turn, kind, self.ids, self.text)
+        self._remember_logits()
+
+    def _remember_logits(self) -> None:
+        known = self.pending == 0 and self._logits is not None
+        self.turn.logits = (self.view_start, self._logits) if known else None
+
+    def go_to(self, target: turns.Turn) -> None:
+        """Make `target`'s text the context: crop the cache to what the two share; run only the rest."""
+        ids = target.ids()
+        common = turns._common_prefix(self.ids, ids)
+        self._truncate(common)
+        self.ids.extend(ids[common:])
+        self.text = target.text()
+        self.turn = target
+        if self.pending == 0 and target.logits is not None and target.logits[0] == self.view_start:
+            self._logits = target.logits[1]  # known from when the turn was made: no model run at all
+
+    def undo(self) -> turns.Turn:
+        """Take back the last turn (a continuation, then the line before it); the cache is cropped."""
+        if self.turn.parent is None:
+            raise SessionError("nothing to undo")
+        undone = self.turn
+        self.turn.parent.last_child = undone
+        self.go_to(self.turn.parent)
+        return undone
+
+    def redo(self) -> turns.Turn:
+        if self.turn.last_child is None:
+            raise SessionError("nothing to redo")
+        self.go_to(self.turn.last_child)
+        return self.turn
+
+    def retry(self) -> Iterator[Step]:
+        """Write the last continuation again under the current settings; the old one stays an alternative."""
+        if self.turn.kind != "generated":
+            raise SessionError("nothing to retry: the last turn is not a continuation")
+        self.go_to(self.turn.parent)
+        return self.generate()
+
+    def alternatives(self) -> list[turns.Turn]:
+        """The continuations written from where the last one started (after /undo: from here)."""
+        base = self.turn.parent if self.turn.kind == "generated" else self.turn
+        return [t for t in base.children if t.kind == "generated"]
+
+    def switch(self, number: int) -> turns.Turn:
+        """Make alternative `number` (from 1) the current continuation."""
+        options = self.alternatives()
+        if not options:
+            raise SessionError("no alternatives here: /retry writes one")
+        if not 1 <= number <= len(options):
+            raise SessionError(f"there are {len(options)} alternatives: choose 1 to {len(options)}")
+        self.go_to(options[number - 1])
+        return self.turn
+
+    def peek(self, count: int) -> list[Candidate]:
+        """The `count` likeliest next tokens under the current settings.  Changes nothing."""
+        if not self.ids:
+            self._seed_empty_context()
+        logits = sampling.scores(self.next_logits(), self.penalty_history(), self.settings, self._bans(0))
+        probs = torch.softmax(logits, dim=-1)
+        values, ids = torch.topk(probs, min(count, probs.shape[-1]))
+        return [Candidate(int(i), self.vocab.token(int(i)), float(p)) for p, i in zip(values, ids)]
+
+    def pick(self, number: int) -> Iterator[Step]:
+        """Append the `number`-th likeliest next token (as /peek lists them), then continue from it."""
+        candidate = self.peek(number)[number - 1]
+        if candidate.token_id in self.controls.stop_ids:
+            raise SessionError(f"candidate {number} is the stop token {candidate.token}: nothing to add")
+        before = self.decode(self.ids[-8:])
+        self.ids.append(candidate.token_id)
+        piece = self.decode(self.ids[-9:])[len(before):]
+        self.text += piece.lstrip() if not self.text else piece
+        self._record("picked")
+        return self.generate()
+
+    def edit(self, new_text: str) -> int:
+        """Make `new_text` the text; the model runs only from the first token that changed.  Returns that count."""
+        ids = self.encode(self.model_text(new_text))
+        if self.ids[:1] == [self.tokenizer.bos_token_id] and ids[:1] != self.ids[:1]:
+            ids = self.ids[:1] + ids  # keep a beginning-of-text token the session started from
+        common = turns._common_prefix(self.ids, ids)
+        self._truncate(common)
+        self.ids.extend(ids[common:])
+        self.text = new_text
+        self._record("edited")
+        return len(ids) - common
+
+    def replace_state(self, settings: Settings, root: turns.Turn, current: turns.Turn, view_start: int) -> None:
+        """Take a whole saved state (checked by the caller); the cache is rebuilt with one prefill."""
+        self.settings = settings
+        self.root, self.turn = root, current
+        self.ids, self.text = current.ids(), current.text()
+        self._reset_view(view_start)

@@ -21,6 +21,7 @@ DEFAULTS_CANDIDATES = (PACKAGE_DIR / "_config" / "default.toml", PACKAGE_DIR.par
 
 SAMPLERS = ("softmax", "uniform")
 JOINS = ("newline", "space", "none")
+MODES = ("write", "chat")
 
 
 class SettingError(ValueError):
@@ -48,6 +49,8 @@ class Settings:
     min_new_tokens: int
     newline: str
     window_warn: float
+    probs: bool
+    mode: str
 
     def with_value(self, name: str, raw: Any) -> Settings:
         field = FIELDS_BY_NAME.get(name)
@@ -220,6 +223,10 @@ FIELDS: tuple[Field, ...] = (
           "newline|space|none"),
     Field("window_warn", _float_in(0.5, 1.0, low_open=False), "warn in the toolbar when this share of the window is used",
           "F"),
+    Field("probs", _bool, "colour each generated token by its probability, so unsure ones stand out", "on|off",
+          command="probs"),
+    Field("mode", _choice(MODES), "write: plain continuation; chat: each line as <usr> line <sys>, answers end at </s>",
+          "write|chat", command="mode"),
 )
 FIELDS_BY_NAME = {f.name: f for f in FIELDS}
 assert set(FIELDS_BY_NAME) == {f.name for f in dataclasses.fields(Settings)}, "FIELDS must cover Settings"

@@ -51,8 +51,10 @@ def test_each_generated_token_is_one_forward_step(demo, new_session):
     drain(session)
     generated = len(session.ids) - before_len
     assert generated == 10
-    # The last token is run only when the next step needs it.
-    assert session.tokens_run - before_run == generated - 1
+    # One step per token; the last one runs as the continuation ends, ready for what comes next.
+    assert session.tokens_run - before_run == generated
+    session.next_logits()
+    assert session.tokens_run - before_run == generated
 
 
 def test_window_slide_rebuilds_cache_over_recent_part(demo, new_session):

@@ -18,10 +18,11 @@ HANGUL = r"[\uac00-\ud7a3]"
 class Terminal:
     """A `korepl --demo` process in a pty, with XDG folders of its own under `home`."""
 
-    def __init__(self, home, *args: str, model=("--demo",)):
-        env = dict(os.environ, TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
+    def __init__(self, home, *args: str, model=("--demo",), extra_env=None):
+        env = dict(os.environ, **(extra_env or {}), TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
                    XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"),
                    PYTHONIOENCODING="utf-8")
+        self.log = ""  # everything printed so far, terminal codes removed
         self.child = pexpect.spawn(sys.executable, ["-m", "korepl", *model, *args], env=env,
                                    encoding="utf-8", dimensions=(40, 160), timeout=60)
         self.startup = self.until(PROMPT)
@@ -31,7 +32,9 @@ class Terminal:
     def until(self, pattern: str, timeout: int = 60) -> str:
         """Wait for `pattern` (a regex on the raw output); return the output before it, terminal codes removed."""
         self.child.expect(pattern, timeout=timeout)
-        return ANSI.sub("", self.child.before)
+        text = ANSI.sub("", self.child.before)
+        self.log += text
+        return text
 
     def send(self, line: str) -> None:
         self.child.send(line + "\r")
@@ -205,4 +208,45 @@ def test_a_paste_longer_than_the_window_is_kept_and_slides(term):
     context = term.run("/context")
     assert "[▸ the model sees from here]" in context
     assert context.count("모든 권력은 국민으로부터 나온다.") >= 59  # the whole paste is kept
+    assert term.close() == 0
+
+
+def test_exploring_in_the_repl(tmp_path):
+    term = Terminal(tmp_path)
+    first = continuation_of(term.run("대한민국의 모든 국민은"), "국민은").strip()
+    term.run("/retry")
+    listing = term.run("/alt")
+    assert re.search(r"\n 1\. .+\n\*2\. .+\n", listing)
+    assert "alternative 1" in term.run("/alt 1")
+    assert re.sub(r"\s", "", first)[:15] in re.sub(r"\s", "", term.run("/context"))
+    assert "took back the continuation" in term.run("/undo")
+    assert "took back the line '대한민국의 모든 국민은'" in term.run("/undo")
+    assert "brought back '대한민국의 모든 국민은'" in term.run("/redo")
+    peek = term.run("/peek 3")
+    candidates = re.findall(r"\n\s+\d\. '([^']+)'\s+\d+\.\d\d%", peek)
+    assert len(candidates) == 3
+    term.run("/pick 2")
+    assert candidates[1].replace("▁", "") in term.run("/context")
+    saved = tmp_path / "mine.json"
+    assert f"saved to {saved}" in term.run(f"/save {saved}")
+    assert "not a korepl session" in term.run(f"/load {tmp_path / 'config'}") + term.run("/load /dev/null")
+    context = term.run("/context").split("/context", 1)[1]
+    assert term.close() == 0
+    # Leaving saved the session; --resume brings it back.
+    again = Terminal(tmp_path, "--resume")
+    assert "resumed:" in again.log
+    assert again.run("/context").split("/context", 1)[1] == context
+    assert again.close() == 0
+
+
+def test_edit_in_the_editor(tmp_path):
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nsed -i "s/국민은/시민은/" "$1"\n')
+    editor.chmod(0o755)
+    term = Terminal(tmp_path, extra_env={"EDITOR": str(editor), "VISUAL": ""})
+    term.run("/max 5")
+    term.run("대한민국의 모든 국민은")
+    out = term.run("/edit")
+    assert "the text is updated; the model re-reads only its last" in out
+    assert "대한민국의 모든 시민은" in term.run("/context")
     assert term.close() == 0

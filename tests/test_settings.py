@@ -27,6 +27,8 @@ BAD_VALUES = {
     "min_new_tokens": ["-1", "4097", "a"],
     "newline": ["", "tab", "<un used>", "unused0"],
     "window_warn": ["0.4", "1.1", "x"],
+    "probs": ["maybe", "2"],
+    "mode": ["talk", ""],
 }
 GOOD_VALUES = {
     "greedy": ("on", True), "sampler": ("uniform", "uniform"), "top_k": ("3", 3), "top_p": ("0.9", 0.9),
@@ -35,6 +37,7 @@ GOOD_VALUES = {
     "join": ("space", "space"),
     "no_repeat_ngram_size": ("3", 3), "repetition_window": ("64", 64), "ban": (["법률"], ("법률",)),
     "min_new_tokens": ("1", 1), "newline": ("<unused0>", "<unused0>"), "window_warn": ("0.8", 0.8),
+    "probs": ("on", True), "mode": ("chat", "chat"),
 }
 
 
