@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     decoding = parser.add_argument_group("decoding (each is also a key under [decoding] in the config file)")
     for field in FIELDS:
         flag = _flag(field.name)
-        if field.name == "greedy":
+        if field.is_switch:
             decoding.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.help)
         elif field.is_list:
             decoding.add_argument(flag, action="append", metavar=field.metavar,
@@ -140,7 +140,11 @@ def run_once(loaded, prompt: str, config: Config) -> int:
     """Print the continuation of `prompt` (exactly the text that follows it) as it is generated."""
     from korepl.session import Session
 
-    session = Session(loaded, config.decoding)
+    try:
+        session = Session(loaded, config.decoding)
+    except SettingError as exc:  # a setting this model's tokenizer cannot follow (a newline token it lacks)
+        print(f"korepl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     session.feed(prompt)
     out = sys.stdout
     try:

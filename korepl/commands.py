@@ -72,7 +72,7 @@ def _set_field(state: State, name: str, raw: Any) -> Reply:
 def _field_command(name: str) -> Callable[[State, str], Reply]:
     def run(state: State, args: str) -> Reply:
         if not args:
-            if name == "greedy":  # a bare /greedy turns it on
+            if FIELDS_BY_NAME[name].is_switch:  # a bare /greedy or /probs turns it on
                 return _set_field(state, name, "on")
             field_ = FIELDS_BY_NAME[name]
             return info(f"{name} = {field_.show(getattr(state.settings, name))}  ({field_.help})")
@@ -300,7 +300,7 @@ def _setting_command(f) -> Command:
     if f.name == "sampler":
         return Command(f.command, f.metavar, "sample again (greedy off), picking by probability or evenly", _sample,
                        choices=SAMPLERS)
-    syntax = "[on|off]" if f.name == "greedy" else f.metavar
+    syntax = "[on|off]" if f.is_switch else f.metavar
     words = tuple(w for w in f.metavar.split("|") if w.isalpha() and w.islower())  # on, off, all, auto ...
     return Command(f.command, syntax, f.help, _field_command(f.name), choices=words)
 

@@ -8,6 +8,7 @@ printed piece by piece as the session yields it, and Ctrl+C stops it with what w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shlex
 import signal
@@ -30,7 +31,7 @@ from prompt_toolkit.styles import Style
 
 from korepl import commands, paths, store
 from korepl.loading import DEMO_MODEL_DIR, ModelUnavailable
-from korepl.settings import Config, Settings
+from korepl.settings import Config, SettingError, Settings
 
 STYLE = Style.from_dict({
     "continuation": "ansicyan",
@@ -181,7 +182,12 @@ class Repl:
         if self._session is None and self._load.loaded is not None:
             from korepl.session import Session
 
-            self._session = Session(self._load.loaded, self._settings)
+            try:
+                self._session = Session(self._load.loaded, self._settings)
+            except SettingError as exc:  # newline or mode asked for tokens this model lacks
+                self._notices.append(f"korepl: {exc}; using newline auto and mode write")
+                self._settings = dataclasses.replace(self._settings, newline="auto", mode="write")
+                self._session = Session(self._load.loaded, self._settings)
             if self._resume is not None:
                 self._restore(self._resume)
                 self._resume = None

@@ -169,6 +169,11 @@ class Field:
     none_label: str = "off"  # how a value of None is shown
 
     @property
+    def is_switch(self) -> bool:
+        """On or off: given as --name / --no-name."""
+        return self.parse_value is _bool
+
+    @property
     def is_list(self) -> bool:
         """A list of texts, changed with add|del|list and given as a repeatable flag."""
         return self.parse_value is _text_list

@@ -44,6 +44,7 @@ def test_stdin_prompt_and_seeded_sampling_repeat(tmp_path):
     (["--top-k", "0"], "top_k"), (["--top-k", "abc"], "top_k"), (["--top-p", "1.5"], "top_p"),
     (["--temperature", "-1"], "temperature"), (["--sampler", "random"], "sampler"),
     (["--max-new-tokens", "0"], "max_new_tokens"), (["--seed", "x"], "seed"),
+    (["--newline", "<no-such-token>"], "newline"), (["--probs", "--window-warn", "2"], "window_warn"),
 ])
 def test_bad_flag_values_exit_2_with_one_line(args, setting):
     result = korepl("--demo", "--prompt", PROMPT, *args)
