@@ -169,6 +169,8 @@ def _reset(state: State, args: str) -> Reply:
 
 
 def _tail(text: str, width: int = 40) -> str:
+    if not text:
+        return "(nothing: the text is empty)"
     text = text.replace("\n", " ⏎ ")
     return "…" + text[-width:] if len(text) > width else text
 

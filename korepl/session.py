@@ -395,9 +395,13 @@ class Session:
         before = self.decode(self.ids[-8:])
         self.ids.append(candidate.token_id)
         piece = self.decode(self.ids[-9:])[len(before):]
-        self.text += piece.lstrip() if not self.text else piece
+        step = self._show(Step(candidate.token_id, piece, candidate.probability))
         self._record("picked")
-        return self.generate()
+        return self._then_generate(step)
+
+    def _then_generate(self, first: Step) -> Iterator[Step]:
+        yield first
+        yield from self.generate()
 
     def edit(self, new_text: str) -> int:
         """Make `new_text` the text; the model runs only from the first token that changed.  Returns that count."""

@@ -102,10 +102,10 @@ def test_peek_matches_a_direct_forward_pass_and_pick_appends_it(demo, new_sessio
     close(torch.tensor([c.probability for c in candidates]), top.values)
     assert candidates[0].probability >= candidates[-1].probability
     length = len(session.ids)
-    drain(session.pick(3))
+    shown = drain(session.pick(3))
     assert session.ids[length] == candidates[2].token_id
-    assert session.text.startswith(text + session.decode(session.ids[length - 1:length + 1])[
-        len(session.decode(session.ids[length - 1:length])):].rstrip())
+    picked_text = session.decode(session.ids[: length + 1])[len(session.decode(session.ids[:length])):]
+    assert shown.startswith(picked_text) and session.text == text + shown
 
 
 def test_save_load_continue_gives_the_same_logits_and_settings(demo, new_session, written, tmp_path):
