@@ -313,6 +313,8 @@ class Repl:
 
     def _continue(self, session, steps) -> str:
         """Stream one continuation (session.generate's steps) to the screen; returns the text written."""
+        from korepl.session import SessionError  # loaded with the model, not before the prompt shows
+
         start_len, started = len(session.ids), time.perf_counter()
         at_line_start, written = True, ""
         with InterruptGuard() as guard, contextlib.closing(steps):
@@ -323,6 +325,8 @@ class Repl:
                     with guard.shield():
                         self._print(text, self._token_style(step.probability), end="")
                         written += text
+            except SessionError as exc:  # a move that cannot be made now (an empty text, no start token)
+                self._print(str(exc), "error")
             except KeyboardInterrupt:
                 steps.close()
                 self._print("" if at_line_start else "\n", end="")

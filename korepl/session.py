@@ -178,7 +178,7 @@ class Session:
         """Nothing to continue from: start from the beginning-of-text token, as `generate` would."""
         bos = self.tokenizer.bos_token_id
         if bos is None:
-            raise ValueError("the context is empty and this tokenizer has no beginning-of-text token")
+            raise SessionError("the text is empty and this model has no beginning-of-text token: type something first")
         self.ids.append(bos)
 
     def _slide(self) -> None:

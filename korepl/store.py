@@ -123,7 +123,8 @@ def restore(session, data: dict[str, Any], source: str) -> None:
         vocab_size = len(session.tokenizer)
         if not all(isinstance(i, int) and 0 <= i < vocab_size for i in ids):
             raise ValueError("token ids outside the vocabulary")
-        if not isinstance(view_start, int) or not 0 <= view_start <= len(ids) or len(ids) - view_start > session.window:
+        if not isinstance(view_start, int) or not (view_start == 0 or 0 < view_start < len(ids)) \
+                or len(ids) - view_start > session.window:
             raise ValueError("a bad model view")
     except SettingError as exc:
         raise StoreError(f"{source}: bad settings: {exc}") from None

@@ -146,10 +146,15 @@ def test_history_is_kept_between_runs(tmp_path):
     assert second.close() == 0
 
 
+def write_user_config(home, text: str) -> None:
+    """The user's config file, where korepl looks for it under this test's XDG_CONFIG_HOME."""
+    folder = home / "config" / "korepl"
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(text)
+
+
 def test_bad_user_config_names_file_and_key_and_starts_on_defaults(tmp_path):
-    config_dir = tmp_path / "config" / "korepl"
-    config_dir.mkdir(parents=True)
-    (config_dir / "config.toml").write_text("[decoding]\ntop_p = 0.9\ntop_k = 0\n")
+    write_user_config(tmp_path, "[decoding]\ntop_p = 0.9\ntop_k = 0\n")
     term = Terminal(tmp_path)
     assert re.search(r"korepl/config.toml: \[decoding\] top_k must be a whole number from 1 to \d+ \(got 0\); "
                      r"starting on the defaults", term.startup.replace("\n", ""))
@@ -159,9 +164,7 @@ def test_bad_user_config_names_file_and_key_and_starts_on_defaults(tmp_path):
 
 
 def test_bad_user_toml_names_the_line(tmp_path):
-    config_dir = tmp_path / "config" / "korepl"
-    config_dir.mkdir(parents=True)
-    (config_dir / "config.toml").write_text('model = "x"\n[decoding\n')
+    write_user_config(tmp_path, 'model = "x"\n[decoding\n')
     term = Terminal(tmp_path)
     assert "config.toml: " in term.startup and "line 2" in term.startup
     assert term.close() == 0
