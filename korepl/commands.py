@@ -32,6 +32,8 @@ class State(Protocol):
 
     def edit_text(self, text: str) -> str | None: ...  # the text after the user's editor, None if unchanged
 
+    def model_settings(self) -> list[tuple[str, str]]: ...  # model, device, dtype, quantize, precision
+
 
 class CommandError(ValueError):
     """A bad argument: the message says what is allowed."""
@@ -113,8 +115,9 @@ def _settable_names() -> list[str]:
 
 
 def _show_settings(state: State, args: str) -> Reply:
-    width = max(len(f.name) for f in FIELDS)
-    return info(*(f"{name:<{width}}  {value}" for name, value in state.settings.describe()))
+    rows = state.model_settings() + state.settings.describe()
+    width = max(len(name) for name, _ in rows)
+    return info(*(f"{name:<{width}}  {value}" for name, value in rows))
 
 
 def _list_command(name: str) -> Callable[[State, str], Reply]:

@@ -41,6 +41,8 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object  # a transformers PreTrainedTokenizerFast
     device: torch.device
+    precision: str = "float32"  # float32, float16, bfloat16 or int8
+    precision_note: str = "asked for"  # why: asked for, or what `auto` measured
 
     @property
     def window(self) -> int:
@@ -60,8 +62,13 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def load_model(source: str, device: str = "auto", dtype: str = "float32") -> LoadedModel:
-    """Load `source` (hub id or folder) for inference; ModelUnavailable carries the user's paragraph."""
+def load_model(source: str, device: str = "auto", dtype: str = "float32", quantize: str = "none") -> LoadedModel:
+    """Load `source` (hub id or folder) for inference; ModelUnavailable carries the user's paragraph.
+
+    The weights load as float32 and are then put on the precision asked for (see korepl.precision).
+    """
+    from korepl import paths, precision
+
     target = resolve_device(device)
     local = Path(source).expanduser()
     if _looks_like_path(source) and not local.is_dir():
@@ -72,28 +79,38 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32") -> Loa
     try:
         with _quiet_transformers(progress=not local.is_dir()):
             try:
-                tokenizer, model = _load(where, dtype, local_files_only=True)
+                tokenizer, model = _load(where, local_files_only=True)
             except (OSError, ValueError):  # not in the local cache (transformers says either)
                 if local.is_dir():
                     raise
                 _check_hub(source)  # fail at once when the hub cannot help, instead of retrying for minutes
-                tokenizer, model = _load(where, dtype, local_files_only=False)
+                tokenizer, model = _load(where, local_files_only=False)
     except ModelUnavailable:
         raise
     except Exception as exc:  # whatever went wrong, the user gets one paragraph, not a traceback
         raise ModelUnavailable(_paragraph(source, _first_line(exc))) from exc
-    model.to(target).eval()
+    config = model.config
+    try:
+        path, why = precision.resolve(dtype, quantize, target.type, config.hidden_size, config.vocab_size,
+                                      paths.state_dir() / "precision.json")
+    except ValueError as exc:
+        raise ModelUnavailable(f"korepl: {exc}") from None
+    model.eval()
     model.requires_grad_(False)
-    return LoadedModel(name=source, model=model, tokenizer=tokenizer, device=target)
+    if path != "float32":
+        precision.apply(model, path)
+    model.to(target)
+    return LoadedModel(name=source, model=model, tokenizer=tokenizer, device=target, precision=path,
+                       precision_note=why)
 
 
-def _load(where: str, dtype: str, local_files_only: bool):
+def _load(where: str, local_files_only: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(where, local_files_only=local_files_only)
     model = AutoModelForCausalLM.from_pretrained(
-        where, dtype=getattr(torch, dtype), trust_remote_code=False, local_files_only=local_files_only
+        where, dtype=torch.float32, trust_remote_code=False, local_files_only=local_files_only
     )
     return tokenizer, model
 

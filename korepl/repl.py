@@ -49,18 +49,19 @@ BLOCK = '"""'
 class BackgroundLoad:
     """Loads the model on a thread so the prompt can show at once."""
 
-    def __init__(self, source: str, device: str):
+    def __init__(self, config: Config):
         self.loaded = None
         self.error: str | None = None
         self.done = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(source, device), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(config,), daemon=True)
         self._thread.start()
 
-    def _run(self, source: str, device: str) -> None:
+    def _run(self, config: Config) -> None:
+        source = config.model
         try:
             from korepl.loading import load_model
 
-            self.loaded = load_model(source, device)
+            self.loaded = load_model(source, config.device, config.dtype, config.quantize)
         except ModelUnavailable as exc:
             self.error = str(exc)
         except Exception as exc:  # anything else still reaches the user as one paragraph
@@ -157,7 +158,8 @@ class Repl:
     def __init__(self, config: Config, notices: list[str], resume: dict | None = None):
         self._settings = config.decoding
         self.model_label = "demo" if Path(config.model) == DEMO_MODEL_DIR else config.model
-        self._load = BackgroundLoad(config.model, config.device)
+        self._load = BackgroundLoad(config)
+        self.config = config
         self._session = None
         self._quit = False
         self.last_speed: float | None = None
@@ -202,6 +204,12 @@ class Repl:
         self._settings = self._session.settings
         self._notices.append(f"resumed: {len(self._session.ids)} tokens; the text ends: "
                              f"{self._session.text[-60:]}")
+
+    def model_settings(self) -> list[tuple[str, str]]:
+        loaded = self._load.loaded
+        in_effect = f"{loaded.precision} ({loaded.precision_note})" if loaded else "(the model is loading)"
+        return [("model", self.model_label), ("device", str(loaded.device) if loaded else self.config.device),
+                ("dtype", self.config.dtype), ("quantize", self.config.quantize), ("precision", in_effect)]
 
     def reset(self) -> None:
         if self._session is not None:

@@ -246,10 +246,15 @@ class Config:
 
     model: str
     device: str
+    dtype: str
+    quantize: str
     decoding: Settings
 
 
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16", "auto")
+QUANTIZE = ("none", "int8")
+LOAD_KEYS = {"device": DEVICES, "dtype": DTYPES, "quantize": QUANTIZE}  # what to load the model with
 
 
 class ConfigError(ValueError):
@@ -278,22 +283,26 @@ def read_config(path: Path, base: Config | None) -> Config:
 
 
 def apply_config(data: Mapping[str, Any], base: Config | None, source: str) -> Config:
-    unknown = set(data) - {"model", "device", "decoding"}
+    unknown = set(data) - {"model", "decoding", *LOAD_KEYS}
     if unknown:
-        raise ConfigError(f"{source}: unknown key '{sorted(unknown)[0]}' (keys are model, device and [decoding])")
+        raise ConfigError(f"{source}: unknown key '{sorted(unknown)[0]}' "
+                          f"(keys are model, {', '.join(LOAD_KEYS)} and [decoding])")
     decoding = data.get("decoding", {})
     if not isinstance(decoding, Mapping):
         raise ConfigError(f"{source}: [decoding] must be a table")
     if base is None:
-        missing = [n for n in ("model", "device") if n not in data] + [n for n in FIELDS_BY_NAME if n not in decoding]
+        missing = [n for n in ("model", *LOAD_KEYS) if n not in data] + \
+            [n for n in FIELDS_BY_NAME if n not in decoding]
         if missing:
             raise ConfigError(f"{source}: key '{missing[0]}' is missing")
     model = data.get("model", base and base.model)
     if not isinstance(model, str) or not model.strip():
         raise ConfigError(f"{source}: key 'model' must be a hub id or a folder path")
-    device = data.get("device", base and base.device)
-    if device not in DEVICES:
-        raise ConfigError(f"{source}: key 'device' must be one of {', '.join(DEVICES)} (got {device!r})")
+    load = {}
+    for key, allowed in LOAD_KEYS.items():
+        load[key] = data.get(key, base and getattr(base, key))
+        if load[key] not in allowed:
+            raise ConfigError(f"{source}: key '{key}' must be one of {', '.join(allowed)} (got {load[key]!r})")
     try:
         if base is None:
             settings = Settings(**{name: field.parse(decoding[name]) for name, field in FIELDS_BY_NAME.items()})
@@ -301,7 +310,7 @@ def apply_config(data: Mapping[str, Any], base: Config | None, source: str) -> C
             settings = base.decoding.with_values(decoding)
     except SettingError as exc:
         raise ConfigError(f"{source}: [decoding] {exc}") from None
-    return Config(model=model, device=device, decoding=settings)
+    return Config(model=model, decoding=settings, **load)
 
 
 def load_defaults() -> Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from hypothesis import given, strategies as st
@@ -10,7 +11,7 @@ from prompt_toolkit.document import Document
 from korepl import commands
 from korepl.loading import DEMO_MODEL_DIR
 from korepl.repl import CommandCompleter, Repl
-from korepl.settings import Config, load_defaults
+from korepl.settings import load_defaults
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -29,6 +30,9 @@ class State:
 
     def quit(self):
         self.quitting = True
+
+    def model_settings(self):
+        return [("model", "none: commands only")]
 
 
 NAMES = [name for c in commands.COMMANDS for name in (c.name, *c.aliases)]
@@ -117,7 +121,7 @@ def test_readme_command_list_is_the_table():
 
 
 def test_toolbar_shows_model_settings_context_and_speed():
-    repl = Repl(Config(model=str(DEMO_MODEL_DIR), device="cpu", decoding=load_defaults().decoding), [])
+    repl = Repl(dataclasses.replace(load_defaults(), model=str(DEMO_MODEL_DIR), device="cpu"), [])
     assert repl._load.done.wait(60) and repl._load.error is None
     text = "".join(fragment[1] for fragment in repl._toolbar())
     assert text == " demo │ softmax top-k 5 rep 2 max 100 │ 0/1024 tokens │ – tok/s"

@@ -84,7 +84,8 @@ def test_korean_line_gets_a_streamed_korean_continuation(term):
 
 def test_settings_commands(term):
     assert "top_k = 3" in term.run("/topk 3")
-    assert re.search(r"top_k\s+3\n", term.run("/settings"))
+    settings = term.run("/settings")
+    assert re.search(r"top_k\s+3\n", settings) and re.search(r"precision\s+float32 \(asked for\)\n", settings)
     assert "top_k must be a whole number from 1 to 100000 (got 'abc')" in term.run("/topk abc")
     assert re.search(r"top_k\s+3\n", term.run("/show"))  # the bad value changed nothing
     assert "unknown command /topkk; did you mean /topk?" in term.run("/topkk 4")
