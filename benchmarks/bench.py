@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
@@ -200,9 +201,15 @@ def ensure_model(folder: Path, plan: Plan) -> Path:
     return folder
 
 
+@functools.cache
+def default_decoding() -> Settings:
+    """The shipped defaults, read once (a run keeps the settings it started with)."""
+    return load_defaults().decoding
+
+
 def greedy_settings(max_new_tokens: int) -> Settings:
     """Greedy with the source study's repetition penalty, nothing else that changes the ids."""
-    return dataclasses.replace(load_defaults().decoding, greedy=True, stop=(), max_new_tokens=max_new_tokens,
+    return dataclasses.replace(default_decoding(), greedy=True, stop=(), max_new_tokens=max_new_tokens,
                                repetition_penalty=2.0, no_repeat_ngram_size=0, repetition_window=None, ban=(),
                                min_new_tokens=0, mode="write")
 
@@ -569,11 +576,14 @@ def memory_child(folder: str, device: str, context_tokens: int, new_tokens: int)
     weights += sum(b.numel() * b.element_size() for b in loaded.model.buffers())
     session = Session(loaded, greedy_settings(new_tokens))
     session.feed(text_with_tokens(session.encode, context_tokens))
+    session.next_logits()
+    after_prefill, _ = peak_rss()
     for _ in session.generate():
         pass
     cuda_peak = torch.cuda.max_memory_allocated() if loaded.device.type == "cuda" else None
     peak, _ = peak_rss()
-    print(json.dumps({"imports_rss": imports, "after_load_rss": after_load, "peak_rss": peak, "rss_source": source,
+    print(json.dumps({"imports_rss": imports, "after_load_rss": after_load, "after_prefill_rss": after_prefill,
+                      "peak_rss": peak, "rss_source": source,
                       "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                       "weights_bytes": weights, "context_tokens": len(session.ids), "cuda_peak_allocated": cuda_peak,
                       "ready_at": ready}))
@@ -615,6 +625,8 @@ def measure_memory(folder: Path, device: torch.device, plan: Plan, threads: int 
     report.row("peak RSS after imports only (python, torch, transformers, korepl)",
                f"{child['imports_rss'] / 2**20:.0f} MiB",
                f"peak − weights − imports {(peak - weights - child['imports_rss']) / 2**20:.0f} MiB")
+    report.row("peak RSS after load / after the context's prefill",
+               f"{child['after_load_rss'] / 2**20:.0f} / {child['after_prefill_rss'] / 2**20:.0f} MiB")
     if child["cuda_peak_allocated"] is not None:
         report.row("CUDA peak allocated", f"{child['cuda_peak_allocated'] / 2**20:.0f} MiB")
     return child["ready_at"] - launched
@@ -775,12 +787,14 @@ def main(argv: list[str] | None = None) -> int:
           f"window {loaded.window}; model folder {folder}", file=sys.stderr, flush=True)
 
     sections = report.results.setdefault("section_seconds", {})
+    loads = report.results.setdefault("load_average_after_section", {})
 
     def section(name: str, fn: Callable[[], object]):
         start = time.perf_counter()
         result = fn()
         sections[name] = time.perf_counter() - start
-        print(f"[{name}: {sections[name]:.1f} s]", file=sys.stderr, flush=True)
+        loads[name] = os.getloadavg()[0]
+        print(f"[{name}: {sections[name]:.1f} s, load average {loads[name]:.2f}]", file=sys.stderr, flush=True)
         return result
 
     section("decoding", lambda: measure_decoding(loaded, plan, report))

@@ -22,6 +22,7 @@ class Vocabulary:
         # KoGPT2's BPE has no newline: "\n" comes back as <unk> (SKT-AI/KoGPT2 #11).
         self.has_newline = "\n" in self.decode(self.encode("가\n가"))
         self.word_marker = self._word_marker()
+        self.fingerprint: str | None = None  # filled in by korepl.store when first needed
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)

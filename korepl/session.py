@@ -326,6 +326,10 @@ class Session:
         self.turn = turns.grow(self.turn, kind, self.ids, self.text)
         self._remember_logits()
 
+    def checkpoint(self) -> None:
+        """Make text fed outside a move (feed alone) a turn of its own."""
+        self._record("typed")
+
     def _remember_logits(self) -> None:
         known = self.pending == 0 and self._logits is not None
         self.turn.logits = (self.view_start, self._logits) if known else None

@@ -221,3 +221,12 @@ def test_chat_mode_wraps_lines_and_stops_at_end_of_text(demo, new_session):
     assert 1 in session.controls.stop_ids  # </s> ends an answer even with no stops configured
     drain(session)
     assert 1 not in session.ids
+
+
+def test_a_session_fed_without_turns_saves_and_loads(demo, new_session, tmp_path):
+    session = new_session(demo)
+    session.feed("한 번에 넣은 글")  # feed alone, as one-shot mode and scripts do: no turn recorded
+    store.save(session, tmp_path / "fed.json")
+    loaded = new_session(demo)
+    store.restore(loaded, store.read_file(tmp_path / "fed.json"), "fed.json")
+    assert (loaded.text, loaded.ids) == (session.text, session.ids)
