@@ -122,11 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"korepl: cannot resume: {exc}", file=sys.stderr)
             return EXIT_USAGE
         if not (args.model or args.demo):  # the model the session was written with
-            config = dataclasses.replace(config, model=str(resume.get("model", {}).get("name", config.model)))
+            config = dataclasses.replace(config, model=store.model_name(resume) or config.model)
 
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty() and not args.resume:
-        prompt = sys.stdin.read()
+        prompt = sys.stdin.read().removesuffix("\n")  # `echo TEXT |` means TEXT, as --prompt TEXT does
     if prompt is None:
         from korepl.repl import run_repl
 
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_once(loaded, prompt: str, config: Config) -> int:
     """Print the continuation of `prompt` (exactly the text that follows it) as it is generated."""
-    from korepl.session import Session
+    from korepl.session import Session, SessionError
 
     try:
         session = Session(loaded, config.decoding)
@@ -159,6 +159,9 @@ def run_once(loaded, prompt: str, config: Config) -> int:
         for step in session.generate():
             out.write(step.text)
             out.flush()
+    except SessionError as exc:  # nothing to continue from (an empty prompt on a model without a start token)
+        print(f"korepl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         out.write("\n" if out.isatty() else "")
         return EXIT_INTERRUPTED

@@ -22,9 +22,10 @@ class State(Protocol):
     """What commands may read and change; the REPL provides it."""
 
     settings: Settings
+    load_error: str | None  # why the model could not be loaded, if it could not
 
     @property
-    def session(self): ...  # the Session, or None while the model is still loading
+    def session(self): ...  # the Session, or None while the model is still loading (or failed to)
 
     def reset(self) -> None: ...
 
@@ -86,9 +87,11 @@ def _field_command(name: str) -> Callable[[State, str], Reply]:
 def _sample(state: State, args: str) -> Reply:
     if not args:
         raise CommandError("usage: /sample softmax|uniform")
-    reply = _set_field(state, "sampler", args)
-    state.settings = state.settings.with_value("greedy", False)
-    return Reply(reply.lines + ("greedy = off",))
+    try:
+        state.settings = state.settings.with_values({"sampler": args, "greedy": False})
+    except SettingError as exc:
+        raise CommandError(str(exc)) from None
+    return info(f"sampler = {state.settings.sampler}", "greedy = off")
 
 
 OLLAMA_NAMES = {f.ollama: f.name for f in FIELDS if f.ollama}
@@ -148,6 +151,8 @@ def _list_command(name: str) -> Callable[[State, str], Reply]:
 
 def _needs_session(state: State):
     if state.session is None:
+        if state.load_error:
+            raise CommandError(state.load_error)
         raise CommandError("the model is still loading; try again in a moment")
     return state.session
 

@@ -100,7 +100,8 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
     if path != "float32":
         precision.apply(model, path)
     model.to(target)
-    return LoadedModel(name=source, model=model, tokenizer=tokenizer, device=target, precision=path,
+    name = str(local.resolve()) if local.is_dir() else source  # a folder by its full path: saved sessions find it
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, precision=path,
                        precision_note=why)
 
 

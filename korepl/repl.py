@@ -166,6 +166,7 @@ class Repl:
         self._notices = list(notices)  # printed before the next prompt
         self._slides_seen = 0
         self._resume = resume
+        self._load_error_shown = False
 
     # --- the state commands see ----------------------------------------------------------------
 
@@ -175,9 +176,9 @@ class Repl:
 
     @settings.setter
     def settings(self, value: Settings) -> None:
-        self._settings = value
         if self._session is not None:
-            self._session.settings = value
+            self._session.settings = value  # may refuse (SettingError): then nothing changes
+        self._settings = value
 
     @property
     def session(self):
@@ -193,7 +194,16 @@ class Repl:
             if self._resume is not None:
                 self._restore(self._resume)
                 self._resume = None
+            self._print_notices()
         return self._session
+
+    @property
+    def load_error(self) -> str | None:
+        return self._load.error
+
+    def _print_notices(self) -> None:
+        while self._notices:
+            self._print(self._notices.pop(0), "note")
 
     def _restore(self, data: dict) -> None:
         try:
@@ -235,29 +245,37 @@ class Repl:
         )
         self._print(f"korepl: writing with {self.model_label}. /help lists the commands; Ctrl+D leaves.", "note")
         while not self._quit:
-            while self._notices:
-                self._print(self._notices.pop(0), "note")
+            if self._load.done.is_set() and not self._load.error:
+                _ = self.session  # once loaded: make the session (and resume) before the next prompt
+            elif self._load.error and not self._load_error_shown:
+                self._print(self._load.error, "error")
+                self._load_error_shown = True
+            self._print_notices()
             try:
                 line = self._read(prompt)
             except KeyboardInterrupt:
                 continue  # Ctrl+C at the prompt clears the line
             except EOFError:
                 break
-            if line is None:
-                continue
-            if commands.is_command(line) and "\n" not in line:
-                reply = commands.run_command(self, line)
-                self._show(reply)
-                if reply.stream is not None:
-                    self._explain_ending(self.session, self._continue(self.session, reply.stream))
-            else:
-                self._write(line)
+            try:
+                self._handle(line)
+            except KeyboardInterrupt:  # during a command's own model run (a /peek after /load, say)
+                self._print("[stopped]", "note")
         self._autosave()
         return 0
 
+    def _handle(self, line: str) -> None:
+        if commands.is_command(line) and "\n" not in line:
+            reply = commands.run_command(self, line)
+            self._show(reply)
+            if reply.stream is not None:
+                self._explain_ending(self.session, self._continue(self.session, reply.stream))
+        else:
+            self._write(line)
+
     def _autosave(self) -> None:
         """Leave the session where `korepl --resume` finds it."""
-        if self._session is None or not self._session.text:
+        if self._session is None:
             return
         try:
             store.save(self._session, paths.last_session_file())
@@ -313,7 +331,8 @@ class Repl:
             self._print(f"[the model ended the text at once ({ending.detail}); /min 1 makes it write at least "
                         "one token, or press Enter to continue anyway]", "note")
         elif silent and ending.reason == "stop-text":
-            self._print(f"[the continuation began with the stop text {ending.detail!r}; nothing was added]", "note")
+            self._print(f"[the continuation began with the stop text {ending.detail!r}; nothing was added; "
+                        f"/stop del {ending.detail} lets it through]", "note")
         if session.slides > self._slides_seen:
             self._slides_seen = session.slides
             self._print(f"[the window slid: the model no longer sees the first {session.view_start} tokens "
@@ -385,14 +404,17 @@ class Repl:
         if not self._load.done.is_set():
             return FormattedText([("", f" {self.model_label} │ loading the model … (commands work meanwhile)")])
         if self._load.error:
-            return FormattedText([("class:bottom-toolbar.warn", " no model: see the message above; /quit to leave")])
+            return FormattedText([("class:bottom-toolbar.warn", " no model: it could not be loaded (any command "
+                                                                "says why); /quit to leave")])
         s = self._settings
         mode = "greedy" if s.greedy else f"{s.sampler} top-k {s.top_k}"
         if not s.greedy and s.top_p < 1:
             mode += f" top-p {s.top_p:g}"
         if not s.greedy and s.temperature != 1:
             mode += f" temp {s.temperature:g}"
-        session = self.session
+        session = self._session
+        if session is None:
+            return FormattedText([("", f" {self.model_label} │ ready")])
         used = len(session.ids) - session.view_start
         speed = f"{self.last_speed:.1f} tok/s" if self.last_speed else "– tok/s"
         text = (f" {self.model_label} │ {mode} rep {s.repetition_penalty:g} max {s.max_new_tokens} │ "

@@ -16,7 +16,7 @@ import torch
 from transformers import DynamicCache
 
 from korepl import sampling, turns
-from korepl.controls import CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, resolve
+from korepl.controls import CHAT_END, CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, resolve
 from korepl.loading import LoadedModel
 from korepl.settings import Settings
 from korepl.stream import TextGate
@@ -25,6 +25,8 @@ from korepl.stream import TextGate
 MAX_REJOIN_TOKENS = 16
 # Tokens of recent text checked for a banned word that the chosen token would complete.
 BAN_LOOKBACK = 16
+# How many picks in a row may be turned away for writing a banned word (in practice one or two are).
+MAX_BAN_REPICKS = 64
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,9 @@ class Session:
     def add_line(self, line: str) -> int:
         """Join a typed line to the text (a turn of its own), as the `join` and `mode` settings ask."""
         if self.settings.mode == "chat":
-            added = self.feed(f"{CHAT_USER}{line}{CHAT_SYSTEM}")
+            # KoGPT2 chat turns: <usr> line <sys> answer </s>; the answer's </s> stopped it, so add it back.
+            end = CHAT_END if self.ids and self.vocab.token(self.ids[-1]) != CHAT_END else ""
+            added = self.feed(f"{end}{CHAT_USER}{line}{CHAT_SYSTEM}")
         else:
             if not self.text or self.text[-1:].isspace():
                 separator = ""
@@ -297,11 +301,12 @@ class Session:
         settings = self.settings
         banned = self._bans(new_tokens)
         logits = self.next_logits()
-        while True:
+        for _ in range(MAX_BAN_REPICKS):
             choice = sampling.choose(logits, self.penalty_history(), settings, generator, banned)
-            if not self._writes_banned_text(choice.token_id) or len(banned) > self.window:
-                return choice
+            if not self._writes_banned_text(choice.token_id):
+                break
             banned.append(choice.token_id)  # a banned word spelt some other way: pick again without it
+        return choice
 
     def _writes_banned_text(self, token_id: int) -> bool:
         if not self.controls.ban_texts:
@@ -384,8 +389,6 @@ class Session:
 
     def peek(self, count: int) -> list[Candidate]:
         """The `count` likeliest next tokens under the current settings.  Changes nothing."""
-        if not self.ids:
-            self._seed_empty_context()
         logits = sampling.scores(self.next_logits(), self.penalty_history(), self.settings, self._bans(0))
         probs = torch.softmax(logits, dim=-1)
         values, ids = torch.topk(probs, min(count, probs.shape[-1]))
@@ -408,7 +411,7 @@ class Session:
         yield from self.generate()
 
     def edit(self, new_text: str) -> int:
-        """Make `new_text` the text; the model runs only from the first token that changed.  Returns that count."""
+        """Make `new_text` the text; the model runs only from the first token that changed.  Returns how many."""
         ids = self.encode(self.model_text(new_text))
         if self.ids[:1] == [self.tokenizer.bos_token_id] and ids[:1] != self.ids[:1]:
             ids = self.ids[:1] + ids  # keep a beginning-of-text token the session started from
@@ -417,7 +420,7 @@ class Session:
         self.ids.extend(ids[common:])
         self.text = new_text
         self._record("edited")
-        return len(ids) - common
+        return self.pending  # what the model will re-read (more than the changed tail if the view must reset)
 
     def replace_state(self, settings: Settings, root: turns.Turn, current: turns.Turn, view_start: int) -> None:
         """Take a whole saved state (checked by the caller); the cache is rebuilt with one prefill."""

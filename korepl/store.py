@@ -93,6 +93,13 @@ def save(session, path: Path) -> None:
         raise StoreError(f"cannot save to {path}: {exc.strerror or exc}") from None
 
 
+def model_name(data: dict[str, Any]) -> str | None:
+    """The model a session file was written with (a hub id or a folder), if it says."""
+    model = data.get("model")
+    name = model.get("name") if isinstance(model, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
 def read_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -112,9 +119,10 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def restore(session, data: dict[str, Any], source: str) -> None:
     """Make `session` what `data` describes, or raise StoreError having changed nothing."""
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
     if data.get("tokenizer") != tokenizer_fingerprint(session.vocab) or \
-            data.get("model", {}).get("shape") != model_fingerprint(session.model):
-        written_with = data.get("model", {}).get("name", "another model")
+            model.get("shape") != model_fingerprint(session.model):
+        written_with = model.get("name", "another model")
         raise StoreError(f"{source}: written with {written_with}, whose model or tokenizer differs from the one "
                          f"loaded ({session.loaded.name}); start korepl with --model {written_with}")
     try:
@@ -127,8 +135,7 @@ def restore(session, data: dict[str, Any], source: str) -> None:
         vocab_size = len(session.tokenizer)
         if not all(isinstance(i, int) and 0 <= i < vocab_size for i in ids):
             raise ValueError("token ids outside the vocabulary")
-        if not isinstance(view_start, int) or not (view_start == 0 or 0 < view_start < len(ids)) \
-                or len(ids) - view_start > session.window:
+        if not isinstance(view_start, int) or not (view_start == 0 or 0 < view_start < len(ids)):
             raise ValueError("a bad model view")
     except SettingError as exc:
         raise StoreError(f"{source}: bad settings: {exc}") from None

@@ -43,12 +43,6 @@ class Turn:
             turn = turn.parent
         return chain[::-1]
 
-    def alternatives(self) -> list[Turn]:
-        """The continuations written from the same place as this one, in the order they were written."""
-        if self.parent is None or self.kind != "generated":
-            return []
-        return [t for t in self.parent.children if t.kind == "generated"]
-
 
 def start() -> Turn:
     return Turn("start", None, 0, (), 0, "")

@@ -33,6 +33,12 @@ def test_one_shot_greedy_equals_generate(demo):
     assert result.stderr == ""
 
 
+def test_piped_text_is_the_same_as_prompt():
+    piped = korepl("--demo", "--greedy", "--max-new-tokens", "20", stdin=PROMPT + "\n")  # as `echo TEXT |` gives
+    flag = korepl("--demo", "--greedy", "--max-new-tokens", "20", "--prompt", PROMPT)
+    assert piped.returncode == flag.returncode == 0 and piped.stdout == flag.stdout
+
+
 def test_stdin_prompt_and_seeded_sampling_repeat(tmp_path):
     first = korepl("--demo", "--seed", "5", "--max-new-tokens", "20", stdin=PROMPT)
     second = korepl("--demo", "--seed", "5", "--max-new-tokens", "20", stdin=PROMPT)

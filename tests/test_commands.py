@@ -22,6 +22,7 @@ class State:
     def __init__(self):
         self.settings = load_defaults().decoding
         self.session = None
+        self.load_error = None
         self.resets = 0
         self.quitting = False
 
@@ -123,6 +124,8 @@ def test_readme_command_list_is_the_table():
 def test_toolbar_shows_model_settings_context_and_speed():
     repl = Repl(dataclasses.replace(load_defaults(), model=str(DEMO_MODEL_DIR), device="cpu"), [])
     assert repl._load.done.wait(60) and repl._load.error is None
+    assert "".join(fragment[1] for fragment in repl._toolbar()) == " demo │ ready"
+    assert repl.session is not None  # the loop makes it once the model is there
     text = "".join(fragment[1] for fragment in repl._toolbar())
     assert text == " demo │ softmax top-k 5 rep 2 max 100 │ 0/1024 tokens │ – tok/s"
     commands.run_command(repl, "/greedy")
@@ -130,3 +133,12 @@ def test_toolbar_shows_model_settings_context_and_speed():
     repl.last_speed = 123.45
     text = "".join(fragment[1] for fragment in repl._toolbar())
     assert text == f" demo │ greedy rep 2 max 100 │ {len(repl.session.ids)}/1024 tokens │ 123.5 tok/s"
+
+
+def test_a_setting_the_model_refuses_changes_nothing_in_the_repl():
+    repl = Repl(dataclasses.replace(load_defaults(), model=str(DEMO_MODEL_DIR), device="cpu"), [])
+    assert repl._load.done.wait(60) and repl.session is not None
+    reply = commands.run_command(repl, "/newline <no-such-token>")
+    assert reply.error and "not one" in reply.lines[0]
+    assert repl.settings.newline == "auto" and repl.session.settings.newline == "auto"
+    assert commands.run_command(repl, "/topk 3").lines == ("top_k = 3",)

@@ -230,3 +230,23 @@ def test_a_session_fed_without_turns_saves_and_loads(demo, new_session, tmp_path
     loaded = new_session(demo)
     store.restore(loaded, store.read_file(tmp_path / "fed.json"), "fed.json")
     assert (loaded.text, loaded.ids) == (session.text, session.ids)
+
+
+def test_a_text_longer_than_the_window_not_yet_run_saves_and_loads(demo, new_session, tmp_path):
+    session = new_session(demo)
+    session.add_line("모든 국민은 법률이 정하는 바에 의하여 국방의 의무를 진다. " * 90)
+    assert len(session.ids) > demo.window and session.view_start == 0  # not run yet: the view has not slid
+    store.save(session, tmp_path / "long.json")
+    loaded = new_session(demo)
+    store.restore(loaded, store.read_file(tmp_path / "long.json"), "long.json")
+    close(loaded.next_logits(), session.next_logits())
+
+
+def test_chat_mode_closes_each_answer_with_end_of_text(demo, new_session):
+    session = new_session(demo, mode="chat", max_new_tokens=10, seed=5)
+    session.add_line("안녕하세요")
+    drain(session)
+    session.add_line("반갑습니다")
+    usr = demo.tokenizer.convert_tokens_to_ids("<usr>")
+    second = len(session.ids) - 1 - session.ids[::-1].index(usr)
+    assert session.ids[second - 1] == 1  # </s> ends the first answer before the next <usr>

@@ -199,7 +199,7 @@ def test_a_turn_that_ends_at_once_says_so(term):
     term.run("/greedy")
     term.run("/stop add ①")  # the demo model's likeliest next token after 제1조 is '▁①'
     out = term.run("제1조")
-    assert "[the continuation began with the stop text '①'; nothing was added]" in out
+    assert "[the continuation began with the stop text '①'; nothing was added; /stop del ① lets it through]" in out
     assert term.close() == 0
 
 
