@@ -97,7 +97,8 @@ class InterruptGuard:
     So a continuation can be stopped in the middle of a forward pass, yet never in the middle of
     writing a piece to the screen (which would leave the screen short of the kept text).  The
     terminal is also told not to discard output still queued when Ctrl+C arrives (NOFLSH), which
-    it otherwise does: the screen would lose text that the context keeps.
+    it otherwise does: the screen would lose text that the context keeps; and not to echo keys
+    typed meanwhile, which the next prompt shows in its line.
     """
 
     def __init__(self):
@@ -114,6 +115,7 @@ class InterruptGuard:
             self._tty_attrs = termios.tcgetattr(fd)
             attrs = termios.tcgetattr(fd)
             attrs[3] |= termios.NOFLSH
+            attrs[3] &= ~termios.ECHO  # keys typed ahead wait for the next prompt instead of landing in the text
             termios.tcsetattr(fd, termios.TCSADRAIN, attrs)
         return self
 
