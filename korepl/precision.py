@@ -16,7 +16,6 @@ import time
 import warnings
 from pathlib import Path
 
-PATHS = ("float32", "bfloat16", "float16", "int8")
 # What `auto` chooses among: the paths whose accuracy holds (top-1 agreement with float32 of at least
 # 99% for half precision and 95% for int8; tests/test_precision.py checks them on the demo model).
 # bfloat16 keeps only 8 bits of mantissa: it agreed on 98.3% of 900 positions, so it is offered but
@@ -25,7 +24,7 @@ AUTO_PATHS = ("float32", "float16", "int8")
 
 
 def apply(model, path: str):
-    """Put a float32 model on `path` (one of PATHS), in place; returns the model."""
+    """Put a float32 model on `path` (float32, bfloat16, float16 or int8), in place; returns the model."""
     import torch
 
     if path == "int8":

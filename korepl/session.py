@@ -300,9 +300,9 @@ class Session:
         """One pick under the settings; a pick that would write a banned word some other way is picked again."""
         settings = self.settings
         banned = self._bans(new_tokens)
-        logits = self.next_logits()
+        logits, history = self.next_logits(), self.penalty_history()
         for _ in range(MAX_BAN_REPICKS):
-            choice = sampling.choose(logits, self.penalty_history(), settings, generator, banned)
+            choice = sampling.choose(logits, history, settings, generator, banned)
             if not self._writes_banned_text(choice.token_id):
                 break
             banned.append(choice.token_id)  # a banned word spelt some other way: pick again without it
@@ -326,10 +326,10 @@ class Session:
 
     def _record(self, kind: str) -> None:
         """Make the current text a turn of its own (nothing when it did not change)."""
-        if self.ids == self.turn.ids() and self.text == self.turn.text():
-            return
-        self.turn = turns.grow(self.turn, kind, self.ids, self.text)
-        self._remember_logits()
+        grown = turns.grow(self.turn, kind, self.ids, self.text)
+        if grown is not self.turn:
+            self.turn = grown
+            self._remember_logits()
 
     def checkpoint(self) -> None:
         """Make text fed outside a move (feed alone) a turn of its own."""
@@ -342,7 +342,7 @@ class Session:
     def go_to(self, target: turns.Turn) -> None:
         """Make `target`'s text the context: crop the cache to what the two share; run only the rest."""
         ids = target.ids()
-        common = turns._common_prefix(self.ids, ids)
+        common = turns.common_prefix(self.ids, ids)
         self._truncate(common)
         self.ids.extend(ids[common:])
         self.text = target.text()
@@ -415,7 +415,7 @@ class Session:
         ids = self.encode(self.model_text(new_text))
         if self.ids[:1] == [self.tokenizer.bos_token_id] and ids[:1] != self.ids[:1]:
             ids = self.ids[:1] + ids  # keep a beginning-of-text token the session started from
-        common = turns._common_prefix(self.ids, ids)
+        common = turns.common_prefix(self.ids, ids)
         self._truncate(common)
         self.ids.extend(ids[common:])
         self.text = new_text

@@ -20,19 +20,18 @@ class StreamDecoder:
     def __init__(self, decode: Callable[[list[int]], str], context_ids: Sequence[int]):
         self._decode = decode
         self._ids = list(context_ids[-LOOKBACK:])
-        self._read = len(self._ids)  # ids before this index have had their text emitted
-        self._start = 0  # the decoding window starts here; text before `_read` is its known prefix
+        self._read = len(self._ids)  # ids before this index have had their text emitted (the known prefix)
 
     def push(self, token_id: int) -> str:
         """Add one id; return the text it completes ("" while a character is still incomplete)."""
         self._ids.append(token_id)
-        known = self._decode(self._ids[self._start:self._read])
-        full = self._decode(self._ids[self._start:])
+        known = self._decode(self._ids[:self._read])
+        full = self._decode(self._ids)
         if full.endswith(REPLACEMENT_CHAR) or len(full) <= len(known):
             return ""
         # Slide the window: the new text becomes the known prefix of the next decode.
         self._ids = self._ids[self._read:]
-        self._start, self._read = 0, len(self._ids)
+        self._read = len(self._ids)
         return full[len(known):]
 
     @property

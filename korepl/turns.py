@@ -49,17 +49,22 @@ def start() -> Turn:
 
 
 def grow(parent: Turn, kind: str, ids: list[int], text: str) -> Turn:
-    """A child of `parent` for the state (ids, text), stored as the difference from the parent's."""
+    """A child of `parent` for the state (ids, text), stored as the difference from the parent's.
+
+    When the state is the parent's own, no child is made and `parent` is returned.
+    """
     old_ids, old_text = parent.ids(), parent.text()
-    keep_ids = _common_prefix(old_ids, ids)
-    keep_chars = _common_prefix(old_text, text)
+    if old_ids == ids and old_text == text:
+        return parent
+    keep_ids = common_prefix(old_ids, ids)
+    keep_chars = common_prefix(old_text, text)
     child = Turn(kind, parent, keep_ids, tuple(ids[keep_ids:]), keep_chars, text[keep_chars:])
     parent.children.append(child)
     parent.last_child = child
     return child
 
 
-def _common_prefix(a, b) -> int:
+def common_prefix(a, b) -> int:
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:
