@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-
 from korepl import sampling, turns
 from korepl.controls import CHAT_END, CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, resolve
 from korepl.loading import LoadedModel
+from korepl.runner import make_runner
 from korepl.settings import Settings
 from korepl.stream import TextGate
 
@@ -72,8 +71,7 @@ class Session:
         self.tokens_run = 0  # tokens passed through the model so far (tests and benchmarks read it)
         self.slides = 0
         self.last_ending: Ending | None = None
-        self._cache = DynamicCache()
-        self._cached = 0  # ids[view_start : view_start + _cached] are in the cache
+        self._runner = make_runner(loaded.model, loaded.device)  # the model; its cache holds ids[view_start:][:cached]
         self._logits: torch.Tensor | None = None  # next-token logits after the cached ids
         self.root = self.turn = turns.start()  # the tree of turns, and where the text stands in it
 
@@ -152,8 +150,8 @@ class Session:
             return
         del self.ids[length:]
         keep_cached = max(0, length - self.view_start)
-        if keep_cached < self._cached:
-            self._crop_cache_to(keep_cached)
+        if keep_cached < self._runner.cached:
+            self._runner.crop(keep_cached)
             self._logits = None
         if length <= self.view_start:  # nothing of the view is left: look at the context from its start
             self._reset_view(0)
@@ -163,7 +161,7 @@ class Session:
     @property
     def pending(self) -> int:
         """Tokens in the context that the model has not run over yet."""
-        return len(self.ids) - self.view_start - self._cached
+        return len(self.ids) - self.view_start - self._runner.cached
 
     def next_logits(self) -> torch.Tensor:
         """Logits for the token after the context, running only what is pending (and sliding if full)."""
@@ -172,10 +170,10 @@ class Session:
         if self.pending == 0:
             if self._logits is not None:
                 return self._logits
-            self._crop_cache_to(self._cached - 1)  # after a crop: re-run the last token for its logits
-        if self._cached + self.pending > self.window:
+            self._runner.crop(self._runner.cached - 1)  # after a crop: re-run the last token for its logits
+        if self._runner.cached + self.pending > self.window:
             self._slide()
-        self._run(self.ids[self.view_start + self._cached:])
+        self._run(self.ids[self.view_start + self._runner.cached:])
         return self._logits
 
     def _seed_empty_context(self) -> None:
@@ -192,38 +190,14 @@ class Session:
 
     def _reset_view(self, view_start: int) -> None:
         self.view_start = view_start
-        self._cache = DynamicCache()
-        self._cached = 0
+        self._runner.reset()
         self._logits = None
 
     def _run(self, chunk: list[int]) -> None:
         if not chunk:
             return
-        device = self.loaded.device
-        input_ids = torch.tensor([chunk], dtype=torch.long, device=device)
-        attention_mask = torch.ones((1, self._cached + len(chunk)), dtype=torch.long, device=device)
-        try:
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                cache=self._cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        except BaseException:
-            # Ctrl+C (or any failure) inside the forward pass may leave some layers longer than others.
-            self._crop_cache_to(self._cached)
-            raise
-        self._cached += len(chunk)
+        self._logits = self._runner.run(chunk)
         self.tokens_run += len(chunk)
-        self._logits = out.logits[0, -1].float()
-
-    def _crop_cache_to(self, length: int) -> None:
-        for layer in self._cache.layers:
-            excess = layer.get_seq_length() - length
-            if excess > 0:
-                layer.crop(-excess)
-        self._cached = min(self._cached, length)
 
     def penalty_history(self) -> torch.Tensor:
         """The ids the repetition penalty counts: what the model sees, or its last `repetition_window`."""

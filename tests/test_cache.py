@@ -5,6 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from korepl import session as session_module
+from korepl.runner import HubRunner
+
+
+@pytest.fixture(autouse=True, params=["static", "hub"])
+def runner(request, monkeypatch):
+    """Every test runs on both runners: GPT-2's preallocated cache and transformers' DynamicCache."""
+    if request.param == "hub":
+        monkeypatch.setattr(session_module, "make_runner", HubRunner)
+    return request.param
+
 
 def full_forward_logits(loaded, ids: list[int]) -> torch.Tensor:
     with torch.inference_mode():
@@ -83,25 +94,32 @@ def test_slide_during_generation(demo, new_session):
     assert_cache_matches(session)
 
 
-def test_interrupt_inside_forward_leaves_cache_consistent(demo, new_session):
+def test_interrupt_inside_forward_leaves_cache_consistent(demo, new_session, runner):
     """Ctrl+C in the middle of a forward pass (after some layers ran) must not corrupt the cache."""
     session = new_session(demo, max_new_tokens=30, seed=2, stop=())
     session.feed("대한민국의 영토는")
     calls = {"n": 0}
 
-    def interrupt_on_fifth_call(module, args):
+    def interrupt_on_fifth_call(*_):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
 
-    layer = demo.model.transformer.h[2]
-    handle = layer.register_forward_pre_hook(interrupt_on_fifth_call)
+    # Layer 2's MLP runs after layers 0-1 and layer 2's attention have written this step into the cache.
+    if runner == "hub":
+        handle = demo.model.transformer.h[2].mlp.register_forward_pre_hook(interrupt_on_fifth_call)
+        undo = handle.remove
+    else:
+        layer = session._runner.layers[2]
+        original = layer.c_fc
+        layer.c_fc = lambda x: interrupt_on_fifth_call() or original(x)
+        undo = lambda: setattr(layer, "c_fc", original)  # noqa: E731
     try:
         with pytest.raises(KeyboardInterrupt):
             for _ in session.generate():
                 pass
     finally:
-        handle.remove()
+        undo()
     assert session.last_ending.reason == "interrupted"
     assert session.last_ending.new_tokens == 4  # the fifth call runs the fourth generated token
     assert session.text == session.decode(session.ids)

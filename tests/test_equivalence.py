@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from korepl.runner import StaticRunner
+
 PROMPTS = [
     "수강신청에서 원하는 강의를 신청하기 위해서는",
     "대한민국의 모든 국민은",
@@ -31,6 +33,7 @@ def hf_greedy(loaded, prompt: str, max_new_tokens: int, **kwargs) -> list[int]:
 
 def korepl_greedy(new_session, loaded, prompt: str, max_new_tokens: int) -> list[int]:
     session = new_session(loaded, greedy=True, repetition_penalty=2.0, max_new_tokens=max_new_tokens, stop=())
+    assert isinstance(session._runner, StaticRunner)  # korepl's own lean step, not the model's forward
     session.feed(prompt)
     start = len(session.ids)
     for _ in session.generate():
