@@ -43,8 +43,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 
-from korepl import sampling, store  # noqa: E402
+from korepl import precision, sampling, store  # noqa: E402
 from korepl.loading import DEMO_MODEL_DIR, LoadedModel, ModelUnavailable, load_model, load_tokenizer  # noqa: E402
+from korepl.runner import StaticRunner  # noqa: E402
 from korepl.session import Session  # noqa: E402
 from korepl.settings import Settings, load_defaults  # noqa: E402
 
@@ -428,6 +429,143 @@ def measure_bandwidth(device: torch.device, plan: Plan, floor: dict, step_s: flo
                f"korepl reaches {(1 / step_s) / (read_bw / weight_bytes):.0%}")
 
 
+# --- 3b. each precision path, and CTranslate2 ------------------------------------------------------------
+
+
+PATH_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
+
+
+def load_path(folder: Path, device: torch.device, path: str) -> LoadedModel:
+    if path == "int8":
+        return load_model(str(folder), device.type, "float32", "int8")
+    return load_model(str(folder), device.type, path)
+
+
+def path_products(loaded: LoadedModel) -> list[tuple[Callable, torch.Tensor]]:
+    """One token's products with this path's own kernels: the lean runner's linear layers and the lm_head."""
+    runner = StaticRunner(loaded.model, loaded.device)
+    hidden, dtype = loaded.model.config.n_embd, runner.keys.dtype
+    x, wide = (torch.randn(1, n, dtype=dtype, device=loaded.device) for n in (hidden, 4 * hidden))
+    products = []
+    for layer in runner.layers:
+        products += [(layer.c_attn, x), (layer.attn_proj, x), (layer.c_fc, x), (layer.c_proj, wide)]
+    return products + [(runner.lm_head, x)]
+
+
+def path_floor_seconds(loaded: LoadedModel, repeats: int) -> float:
+    products = path_products(loaded)
+
+    def chain() -> None:
+        for product, x in products:
+            product(x)
+
+    with torch.inference_mode():
+        return best_of(chain, repeats, loaded.device)[0]
+
+
+def path_slide_seconds(loaded: LoadedModel, repeats: int) -> float:
+    """The step that overflows the window (it re-prefills the kept part): best of `repeats` after a warm-up."""
+    settings = greedy_settings(1)
+    full_view = text_with_tokens(Session(loaded, settings).encode, loaded.window)
+    times = []
+    for repeat in range(repeats + 1):
+        session = prefilled_session(loaded, full_view, settings)
+        seconds, _ = timed(lambda: [None for _ in session.generate()], loaded.device)
+        if session.slides != 1:
+            raise RuntimeError("the window did not slide")
+        if repeat:  # the first round is a warm-up
+            times.append(seconds)
+    return min(times)
+
+
+def measure_paths(folder: Path, fp32: LoadedModel, plan: Plan, report: Report) -> dict:
+    """korepl on every precision path: decode speed, the path's own floor, the step over it, a window slide."""
+    device = fp32.device
+    paths = ("float32", "float16", "bfloat16") + (("int8",) if device.type == "cpu" else ())
+    generate = {n: report.results[f"decode_{n}"]["generate_tok_s"] for n in plan.decode_lengths}
+    matrix_elements = sum(w.numel() for _, w in weight_matrices(fp32.model))
+    context = text_with_tokens(Session(fp32, greedy_settings(1)).encode, plan.step_context)
+    results = {}
+    for path in paths:
+        loaded = fp32 if path == "float32" else load_path(folder, device, path)
+        floor = path_floor_seconds(loaded, plan.floor_repeats)
+        korepl_step_seconds(loaded, context, 4)  # warm-up
+        step = min(korepl_step_seconds(loaded, context, plan.step_tokens) for _ in range(plan.repeats + 1))
+        decode = {}
+        for n in plan.decode_lengths:
+            best, _, _ = best_of(lambda: korepl_continue(loaded, PROMPT, n), plan.decode_repeats[n], device)
+            decode[n] = n / best
+        slide = path_slide_seconds(loaded, plan.repeats)
+        weight_bytes = matrix_elements * PATH_BYTES[path]
+        results[path] = {"floor_s": floor, "step_s": step, "step_over_floor": step / floor,
+                         "decode_tok_s": decode, "vs_generate_fp32": {n: decode[n] / generate[n] for n in decode},
+                         "slide_s": slide, "weight_bytes_per_token": weight_bytes,
+                         "bandwidth_achieved_bytes_s": weight_bytes / step}
+        speeds = ", ".join(f"{decode[n]:.1f} tok/s at {n} ({decode[n] / generate[n]:.2f}× generate fp32)"
+                           for n in decode)
+        report.row(f"path {path}: decode", speeds)
+        report.row(f"path {path}: step at ~{plan.step_context} of context / its own products' floor",
+                   f"{step * 1e3:.2f} / {floor * 1e3:.2f} ms = {step / floor:.2f}×",
+                   f"bandwidth achieved {weight_bytes / step / 1e9:.1f} GB/s")
+        report.row(f"path {path}: window slide (the step that re-prefills {int(loaded.window * 0.75)})",
+                   f"{slide * 1e3:.0f} ms")
+        if loaded is not fp32:
+            del loaded
+    fastest = max(results, key=lambda p: results[p]["decode_tok_s"][plan.decode_lengths[0]])
+    auto = precision.measure_products(fp32.model.config.n_embd, fp32.model.config.vocab_size) \
+        if device.type == "cpu" else {}
+    auto_choice = min(auto, key=auto.get) if auto else "float16"
+    auto_choice = auto_choice if not auto or auto[auto_choice] < auto["float32"] else "float32"
+    report.results["paths"] = {"timing": f"decode best of {plan.decode_repeats}; step best of {plan.repeats + 1}; "
+                                         f"floor best of {plan.floor_repeats}", "by_path": results,
+                               "fastest": fastest, "auto_products_ms": auto, "auto_would_choose": auto_choice}
+    report.row("fastest path here / what --dtype auto would choose", f"{fastest} / {auto_choice}",
+               "auto's products: " + ", ".join(f"{p} {t:.1f} ms" for p, t in auto.items()) if auto else "—")
+    return results[fastest] | {"path": fastest}
+
+
+def measure_ctranslate2(folder: Path, loaded: LoadedModel, plan: Plan, fastest: dict, report: Report) -> None:
+    """CTranslate2 (an optional `bench` extra) on the same saved model, prompt and settings, fp32 and int8."""
+    try:
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        report.notes.append("CTranslate2 is not installed, so its rows are missing: pip install -e '.[bench]'.")
+        return
+    converted = folder.parent / f"{folder.name}-ctranslate2"
+    if not (converted / "model.bin").is_file():
+        with contextlib.redirect_stdout(sys.stderr):
+            TransformersConverter(str(folder)).convert(str(converted), quantization="float32", force=True)
+    prompt_ids = Session(loaded, greedy_settings(1)).encode(PROMPT)
+    tokens = loaded.tokenizer.convert_ids_to_tokens(prompt_ids)
+    generate = {n: report.results[f"decode_{n}"]["generate_tok_s"] for n in plan.decode_lengths}
+    results = {}
+    for compute_type in ("float32", "int8"):
+        generator = ctranslate2.Generator(str(converted), device=loaded.device.type, compute_type=compute_type,
+                                          intra_threads=torch.get_num_threads())
+        rates = {}
+        for n in plan.decode_lengths:
+            def run(n=n):
+                return generator.generate_batch([tokens], max_length=n, min_length=n, sampling_topk=1,
+                                                 repetition_penalty=2.0, include_prompt_in_result=False)
+            best, _, out = best_of(run, plan.decode_repeats[n], loaded.device)
+            rates[n] = len(out[0].sequences_ids[0]) / best
+        results[compute_type] = rates
+        report.row(f"CTranslate2 {ctranslate2.__version__} {compute_type}: decode",
+                   ", ".join(f"{rates[n]:.1f} tok/s at {n} ({rates[n] / generate[n]:.2f}× generate fp32)"
+                             for n in rates))
+        del generator
+    n = plan.decode_lengths[0]
+    best_ct2 = max(results, key=lambda c: results[c][n])
+    ratio = fastest["decode_tok_s"][n] / results[best_ct2][n]
+    report.results["ctranslate2"] = {"version": ctranslate2.__version__, "decode_tok_s": results,
+                                     "korepl_fastest_path": fastest["path"], "korepl_fastest_vs_best_ct2": ratio,
+                                     "note": "its repetition penalty counts differently, so its ids are not "
+                                             "generate's; the work per token is the same"}
+    report.row(f"korepl's fastest path ({fastest['path']}) / CTranslate2's faster mode ({best_ct2}), {n} tokens",
+               f"{ratio:.2f}×")
+
+
 # --- 4. time to first token ------------------------------------------------------------------------------
 
 
@@ -801,6 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     floor = section("floor", lambda: measure_floor(loaded, plan, report))
     step_s = section("step", lambda: measure_step(loaded, plan, floor, report))
     section("bandwidth", lambda: measure_bandwidth(device, plan, floor, step_s, report))
+    fastest = section("paths", lambda: measure_paths(folder, loaded, plan, report))
+    section("ctranslate2", lambda: measure_ctranslate2(folder, loaded, plan, fastest, report))
     section("ttft", lambda: measure_ttft(loaded, plan, report))
     section("slide_and_load", lambda: measure_slide_and_load(loaded, plan, report))
     profile_rows = section("profile", lambda: measure_profile(loaded, plan, report))
