@@ -14,6 +14,7 @@ from transformers.pytorch_utils import Conv1D
 
 from korepl import precision
 from korepl.loading import DEMO_MODEL_DIR, load_model
+from korepl.runner import HubRunner, StaticRunner
 from korepl.session import Session
 from korepl.settings import load_defaults
 
@@ -52,6 +53,21 @@ def test_paths_keep_the_models_choices(sample, reference, dtype, quantize, agree
     ref_top1, ref_ppl = reference
     assert (top1 == ref_top1).float().mean() >= agreement
     assert abs(ppl - ref_ppl) / ref_ppl <= perplexity_within
+
+
+# The lean step runs each path's own kernels: it must give what the model's own forward gives on that path,
+# fed the same chunks (int8 quantizes activations per call, so a prefill and single steps differ by design).
+@pytest.mark.parametrize("dtype, quantize, tolerance", [
+    ("float32", "none", 1e-4), ("float16", "none", 2e-2), ("bfloat16", "none", 5e-2), ("float32", "int8", 1e-3),
+])
+def test_lean_step_equals_the_models_forward_on_each_path(dtype, quantize, tolerance):
+    loaded = load_model(str(DEMO_MODEL_DIR), "cpu", dtype, quantize)
+    lean, hub = StaticRunner(loaded.model, loaded.device), HubRunner(loaded.model, loaded.device)
+    ids = loaded.tokenizer.encode("대한민국의 모든 국민은 법 앞에 평등하다.")
+    chunks = [ids[:5], ids[5:], *([token] for token in loaded.tokenizer.encode(" 누구든지 성별 종교"))]
+    with torch.inference_mode():
+        for chunk in chunks:
+            torch.testing.assert_close(lean.run(chunk), hub.run(chunk), atol=tolerance, rtol=tolerance)
 
 
 def test_int8_covers_every_linear_layer_and_the_output_projection(demo):
