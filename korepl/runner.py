@@ -62,7 +62,7 @@ class StaticRunner:
         self.device = device
         self.layers = [_Layer(block) for block in transformer.h]
         self.wte, self.wpe = transformer.wte, transformer.wpe
-        self.ln_f, self.lm_head = _norm(transformer.ln_f), model.lm_head
+        self.ln_f, self.lm_head = _norm(transformer.ln_f), _linear(model.lm_head)
         self.heads, self.head_dim = config.n_head, config.n_embd // config.n_head
         window = config.n_positions
         weight = transformer.wte.weight
