@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
 from korepl import sampling, turns
 from korepl.controls import CHAT_END, CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, resolve
 from korepl.loading import LoadedModel
@@ -71,7 +72,8 @@ class Session:
         self.tokens_run = 0  # tokens passed through the model so far (tests and benchmarks read it)
         self.slides = 0
         self.last_ending: Ending | None = None
-        self._runner = make_runner(loaded.model, loaded.device)  # the model; its cache holds ids[view_start:][:cached]
+        # The model and its KV cache, which holds ids[view_start : view_start + runner.cached].
+        self._runner = make_runner(loaded.model, loaded.device)
         self._logits: torch.Tensor | None = None  # next-token logits after the cached ids
         self.root = self.turn = turns.start()  # the tree of turns, and where the text stands in it
 
