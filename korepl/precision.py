@@ -81,14 +81,19 @@ def resolve(dtype: str, quantize: str, device_type: str, hidden: int, vocab: int
     if key in known:
         return known[key]["path"], f"auto: measured before on this CPU ({known[key]['ms']})"
     timings = {p: t for p, t in measure_products(hidden, vocab).items() if p in AUTO_PATHS}
-    fastest = min(timings, key=timings.get)
-    path = fastest if timings[fastest] < timings["float32"] else "float32"
+    path = fastest_not_slower(timings)
     summary = ", ".join(f"{p} {t:.1f} ms" for p, t in timings.items())
     known[key] = {"path": path, "ms": summary}
     with contextlib.suppress(OSError):
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known, indent=1), encoding="utf-8")
     return path, f"auto: measured now ({summary})"
+
+
+def fastest_not_slower(timings: dict[str, float]) -> str:
+    """The path with the smallest time, but float32 unless another is strictly faster than it."""
+    fastest = min(timings, key=timings.get)
+    return fastest if timings[fastest] < timings["float32"] else "float32"
 
 
 def measure_products(hidden: int, vocab: int, repeats: int = 5) -> dict[str, float]:
