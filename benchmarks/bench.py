@@ -267,11 +267,13 @@ def korepl_task(loaded: LoadedModel, prompt: str, new_tokens: int):
             lambda session: korepl_continue(loaded, prompt, new_tokens, session))
 
 
-def hf_continue(model, prompt_ids: list[int], new_tokens: int, device: torch.device) -> list[int]:
+def hf_continue(model, prompt_ids: list[int], new_tokens: int, device: torch.device,
+                suppress: list[int]) -> list[int]:
+    """generate's greedy ids; `suppress`: the special tokens korepl never writes (HF suppress_tokens)."""
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                          repetition_penalty=2.0, max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=3,
-                         use_cache=True)
+                         use_cache=True, suppress_tokens=suppress)
     return out[0, len(prompt_ids):].tolist()
 
 
@@ -287,13 +289,14 @@ def study_continue(model, prompt_ids: list[int], new_tokens: int, device: torch.
 
 def measure_decoding(loaded: LoadedModel, plan: Plan, report: Report) -> None:
     device, model = loaded.device, loaded.model
-    prompt_ids = Session(loaded, greedy_settings(1)).encode(PROMPT)
+    reference = Session(loaded, greedy_settings(1))
+    prompt_ids, suppress = reference.encode(PROMPT), sorted(reference.controls.suppress_ids)
     korepl_continue(loaded, PROMPT, 8)  # warm-ups: the first calls load code and size buffers
-    hf_continue(model, prompt_ids, 8, device)
+    hf_continue(model, prompt_ids, 8, device, suppress)
     for n in plan.decode_lengths:
         repeats = plan.decode_repeats[n]
         runs = interleaved({"korepl": korepl_task(loaded, PROMPT, n),
-                            "generate": lambda: hf_continue(model, prompt_ids, n, device)}, repeats, device,
+                            "generate": lambda: hf_continue(model, prompt_ids, n, device, suppress)}, repeats, device,
                            warmup=False)
         (k_best, k_times, session), (h_best, h_times, hf_ids) = runs["korepl"], runs["generate"]
         korepl_ids = session.ids[len(prompt_ids):]

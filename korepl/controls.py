@@ -57,6 +57,7 @@ class Controls:
     ban_texts: tuple[str, ...]  # the banned words as text, a backstop for other spellings
     newline_for_model: str  # what a typed "\n" becomes in the model's text
     newline_token: str | None  # a named token standing for "\n", mapped back when shown
+    suppress_ids: frozenset[int]  # special tokens the model may never write (HF suppress_tokens)
 
 
 # How KoGPT2 chat fine-tunes mark a turn: <usr> the user's line <sys> the answer </s>.
@@ -81,4 +82,9 @@ def resolve(vocab: Vocabulary, settings: Settings) -> Controls:
     else:
         raise SettingError(f"newline must be auto, space or a token of this model's vocabulary "
                            f"('{newline}' is not one)")
-    return Controls(frozenset(stop_ids), stop_texts, tuple(sequences), settings.ban, newline_for_model, token)
+    # Every special token that no setting asks for (<unk>, <pad>, <mask>, <usr>, <unused…>) is never
+    # written: the model may not pick it, and /peek does not offer it.
+    special = set(vocab.added.values()) | set(vocab.tokenizer.all_special_ids)
+    allowed = stop_ids | ({vocab.added[token]} if token in vocab.added else set())
+    return Controls(frozenset(stop_ids), stop_texts, tuple(sequences), settings.ban, newline_for_model, token,
+                    frozenset(special - allowed))

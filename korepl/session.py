@@ -9,6 +9,7 @@ learned absolute positions (KoGPT2's) cannot be shifted.  The full context is ne
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ MAX_REJOIN_TOKENS = 16
 BAN_LOOKBACK = 16
 # How many picks in a row may be turned away for writing a banned word (in practice one or two are).
 MAX_BAN_REPICKS = 64
+# Turns whose next-token logits are kept, so that undo, redo and /alt between recent turns run no model.
+# Bounded: a logits vector is 200 KB at KoGPT2's vocabulary, too much to keep for every turn of a long session.
+LOGITS_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class Session:
         self._runner = make_runner(loaded.model, loaded.device)
         self._logits: torch.Tensor | None = None  # next-token logits after the cached ids
         self.root = self.turn = turns.start()  # the tree of turns, and where the text stands in it
+        self._turn_logits: OrderedDict[turns.Turn, tuple[int, torch.Tensor]] = OrderedDict()  # recent turns only
 
     @property
     def settings(self) -> Settings:
@@ -118,6 +123,7 @@ class Session:
             new_ids = self.encode(model_text)
         self.ids.extend(new_ids)
         self.text += text
+        self._fit_view()
         return len(new_ids)
 
     def add_line(self, line: str) -> int:
@@ -190,6 +196,11 @@ class Session:
         self._reset_view(len(self.ids) - keep)
         self.slides += 1
 
+    def _fit_view(self) -> None:
+        """Keep the promise that the model's view is never longer than its window (slide when it would be)."""
+        if len(self.ids) - self.view_start > self.window:
+            self._slide()
+
     def _reset_view(self, view_start: int) -> None:
         self.view_start = view_start
         self._runner.reset()
@@ -256,6 +267,7 @@ class Session:
                     yield self._show(Step(self.ids[-1], text, 1.0))
         finally:
             self._truncate(kept)
+            self._fit_view()
             self.last_ending = Ending(ending.reason, ending.detail, len(self.ids) - start)
             try:
                 if ending.reason != "interrupted":
@@ -270,6 +282,7 @@ class Session:
         banned = sampling.no_repeat_ngram_bans(history, settings.no_repeat_ngram_size)
         banned += sampling.bad_words_bans(history, controls.ban_sequences)
         banned += sampling.min_new_tokens_bans(new_tokens, settings.min_new_tokens, sorted(controls.stop_ids))
+        banned += controls.suppress_ids
         return banned
 
     def _choose(self, generator, new_tokens: int) -> sampling.Choice:
@@ -312,8 +325,13 @@ class Session:
         self._record("typed")
 
     def _remember_logits(self) -> None:
-        known = self.pending == 0 and self._logits is not None
-        self.turn.logits = (self.view_start, self._logits) if known else None
+        if self.pending == 0 and self._logits is not None:
+            self._turn_logits[self.turn] = (self.view_start, self._logits)
+            self._turn_logits.move_to_end(self.turn)
+            while len(self._turn_logits) > LOGITS_KEPT:
+                self._turn_logits.popitem(last=False)
+        else:
+            self._turn_logits.pop(self.turn, None)
 
     def go_to(self, target: turns.Turn) -> None:
         """Make `target`'s text the context: crop the cache to what the two share; run only the rest."""
@@ -323,8 +341,10 @@ class Session:
         self.ids.extend(ids[common:])
         self.text = target.text()
         self.turn = target
-        if self.pending == 0 and target.logits is not None and target.logits[0] == self.view_start:
-            self._logits = target.logits[1]  # known from when the turn was made: no model run at all
+        self._fit_view()
+        known = self._turn_logits.get(target)
+        if self.pending == 0 and known is not None and known[0] == self.view_start:
+            self._logits = known[1]  # known from when the turn was made: no model run at all
 
     def undo(self) -> turns.Turn:
         """Take back the last turn (a continuation, then the line before it); the cache is cropped."""
@@ -368,7 +388,7 @@ class Session:
         logits = sampling.scores(self.next_logits(), self.penalty_history(), self.settings, self._bans(0))
         probs = torch.softmax(logits, dim=-1)
         values, ids = torch.topk(probs, min(count, probs.shape[-1]))
-        return [Candidate(int(i), self.vocab.token(int(i)), float(p)) for p, i in zip(values, ids)]
+        return [Candidate(int(i), self.vocab.token(int(i)), float(p)) for p, i in zip(values, ids) if p > 0]
 
     def pick(self, number: int) -> Iterator[Step]:
         """Append the `number`-th likeliest next token (as /peek lists them), then continue from it."""
@@ -395,6 +415,7 @@ class Session:
         self._truncate(common)
         self.ids.extend(ids[common:])
         self.text = new_text
+        self._fit_view()
         self._record("edited")
         return self.pending  # what the model will re-read (more than the changed tail if the view must reset)
 
@@ -403,4 +424,6 @@ class Session:
         self.settings = settings
         self.root, self.turn = root, current
         self.ids, self.text = current.ids(), current.text()
+        self._turn_logits.clear()
         self._reset_view(view_start)
+        self._fit_view()

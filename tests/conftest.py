@@ -62,3 +62,25 @@ def new_session(defaults):
         return Session(loaded, dataclasses.replace(defaults, **changes))
 
     return make
+
+
+def hf_reference(loaded, prompt: str, max_new_tokens: int, stops: tuple[str, ...] = (), **kwargs) -> list[int]:
+    """Hugging Face `generate`'s greedy new ids for `prompt`, up to (not including) the first stop token.
+
+    The reference every equivalence test compares with.  korepl never writes a special token that is
+    not a stop, so neither may the reference (HF `suppress_tokens` semantics).
+    """
+    tokenizer = loaded.tokenizer
+    stop_ids = [tokenizer.convert_tokens_to_ids(s) for s in stops]
+    specials = set(tokenizer.get_added_vocab().values()) | set(tokenizer.all_special_ids)
+    ids = tokenizer.encode(prompt)
+    out = loaded.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                do_sample=False, max_new_tokens=max_new_tokens, use_cache=True,
+                                eos_token_id=stop_ids or None, pad_token_id=tokenizer.pad_token_id,
+                                suppress_tokens=sorted(specials - set(stop_ids)), **kwargs)[0, len(ids):].tolist()
+    return out[: next((i for i, t in enumerate(out) if t in stop_ids), len(out))]
+
+
+@pytest.fixture(scope="session")
+def hf_greedy():
+    return hf_reference

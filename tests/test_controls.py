@@ -46,20 +46,12 @@ def test_min_new_tokens_equals_hf(new_tokens, minimum, stop_ids):
     assert set(sampling.min_new_tokens_bans(new_tokens, minimum, stop_ids)) == expected
 
 
-def hf_generate(loaded, prompt: str, **kwargs) -> list[int]:
-    ids = loaded.tokenizer.encode(prompt)
-    out = loaded.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                do_sample=False, pad_token_id=3, eos_token_id=[1, 8], **kwargs)[0, len(ids):]
-    out = out.tolist()
-    return out[: next((i for i, t in enumerate(out) if t in (1, 8)), len(out))]
-
-
 @pytest.mark.parametrize("prompt", ["대한민국의 모든 국민은", "이 법은"])
-def test_greedy_with_every_control_equals_generate(demo, new_session, prompt):
+def test_greedy_with_every_control_equals_generate(demo, new_session, hf_greedy, prompt):
     session = new_session(demo, greedy=True, repetition_penalty=2.0, no_repeat_ngram_size=3, min_new_tokens=5,
                           ban=("대통령", "국회"), max_new_tokens=60)
-    expected = hf_generate(demo, prompt, repetition_penalty=2.0, no_repeat_ngram_size=3, min_new_tokens=5,
-                           bad_words_ids=[list(s) for s in session.controls.ban_sequences], max_new_tokens=60)
+    expected = hf_greedy(demo, prompt, 60, stops=("</s>", "</d>"), repetition_penalty=2.0, no_repeat_ngram_size=3,
+                         min_new_tokens=5, bad_words_ids=[list(s) for s in session.controls.ban_sequences])
     session.feed(prompt)
     start = len(session.ids)
     text = "".join(step.text for step in session.generate())
@@ -67,11 +59,11 @@ def test_greedy_with_every_control_equals_generate(demo, new_session, prompt):
     assert "대통령" not in text and "국회" not in text
 
 
-def test_ban_goes_further_than_hf_bad_words(demo, new_session):
+def test_ban_goes_further_than_hf_bad_words(demo, new_session, hf_greedy):
     """HF bans id sequences only: '▁정한다.' (one token) still writes 정한다.  korepl checks the text too."""
     session = new_session(demo, greedy=True, ban=("정한다",), max_new_tokens=60)
-    hf = hf_generate(demo, "대한민국의 모든 국민은", repetition_penalty=2.0, max_new_tokens=60,
-                     bad_words_ids=[list(s) for s in session.controls.ban_sequences])
+    hf = hf_greedy(demo, "대한민국의 모든 국민은", 60, stops=("</s>", "</d>"), repetition_penalty=2.0,
+                   bad_words_ids=[list(s) for s in session.controls.ban_sequences])
     assert "정한다" in demo.tokenizer.decode(hf)
     session.feed("대한민국의 모든 국민은")
     assert "정한다" not in "".join(step.text for step in session.generate())

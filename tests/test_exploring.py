@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
 from korepl import sampling, store
 from korepl.session import SessionError
@@ -96,6 +97,10 @@ def test_peek_matches_a_direct_forward_pass_and_pick_appends_it(demo, new_sessio
     assert session.text == text and session.ids == runs_before  # peek changes nothing
     with torch.inference_mode():
         logits = demo.model(torch.tensor([session.ids])).logits[0, -1].float()
+    # HF SuppressTokensLogitsProcessor semantics: every special token but the stops (</s>, </d>) is never written.
+    stops = {demo.tokenizer.convert_tokens_to_ids(t) for t in ("</s>", "</d>")}
+    suppressed = sorted(set(demo.tokenizer.get_added_vocab().values()) - stops)
+    logits = SuppressTokensLogitsProcessor(suppressed, device="cpu")(torch.tensor([session.ids]), logits[None])[0]
     expected = torch.softmax(sampling.apply_repetition_penalty(logits, torch.tensor(session.ids), 2.0), dim=-1)
     top = torch.topk(expected, 5)
     assert [c.token_id for c in candidates] == top.indices.tolist()
@@ -235,7 +240,8 @@ def test_a_session_fed_without_turns_saves_and_loads(demo, new_session, tmp_path
 def test_a_text_longer_than_the_window_not_yet_run_saves_and_loads(demo, new_session, tmp_path):
     session = new_session(demo)
     session.add_line("모든 국민은 법률이 정하는 바에 의하여 국방의 의무를 진다. " * 90)
-    assert len(session.ids) > demo.window and session.view_start == 0  # not run yet: the view has not slid
+    assert len(session.ids) > demo.window and session.tokens_run == 0  # not run yet
+    assert 0 < len(session.ids) - session.view_start <= demo.window  # yet the view already fits the window
     store.save(session, tmp_path / "long.json")
     loaded = new_session(demo)
     store.restore(loaded, store.read_file(tmp_path / "long.json"), "long.json")
