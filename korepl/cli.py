@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from korepl import __version__, paths
+from korepl import __version__, paths, textin
 from korepl.loading import DEFAULT_MODEL, DEMO_MODEL_DIR, ModelUnavailable, load_model
 from korepl.settings import (
     DEVICES,
@@ -23,6 +25,7 @@ from korepl.settings import (
     SettingError,
     defaults_path,
     load_defaults,
+    parse_keep_sessions,
     read_config,
 )
 
@@ -61,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--quantize", choices=QUANTIZE,
                         help="int8: every linear layer as dynamic int8, CPU only (default none)")
 
-    parser.add_argument("--resume", action="store_true",
-                        help=f"continue the session the REPL saved when it last closed ({paths.last_session_file()})")
+    saved = parser.add_argument_group("sessions (each REPL run is saved after every turn)")
+    saved.add_argument("--resume", nargs="?", const="", metavar="FILE",
+                       help=f"continue the latest session with text in {paths.sessions_dir()}, or FILE")
+    saved.add_argument("--sessions", action="store_true", help="list the saved sessions, newest first, and exit")
+    saved.add_argument("--keep-sessions", metavar="N",
+                       help="how many sessions the state folder keeps; the latest with text always stays (default 50)")
     run = parser.add_argument_group("one-shot")
     run.add_argument("--prompt", metavar="TEXT",
                      help="print the continuation of TEXT and exit (text piped on stdin works the same)")
@@ -88,8 +95,27 @@ def config_from_args(args: argparse.Namespace, base: Config) -> Config:
     if args.no_stop and args.stop is None:  # --stop replaces the defaults on its own
         values["stop"] = ()
     model = str(DEMO_MODEL_DIR) if args.demo else (args.model or base.model)
+    keep = parse_keep_sessions(args.keep_sessions) if args.keep_sessions is not None else base.keep_sessions
     return Config(model=model, device=args.device or base.device, dtype=args.dtype or base.dtype,
-                  quantize=args.quantize or base.quantize, decoding=base.decoding.with_values(values))
+                  quantize=args.quantize or base.quantize, decoding=base.decoding.with_values(values),
+                  keep_sessions=keep, chosen=base.chosen | frozenset(values))
+
+
+def clean_args(args: argparse.Namespace, notices: list[str]) -> None:
+    """Text given as flags (the prompt, stop texts, banned words) made clean: any bytes, never a traceback."""
+    for name in ("prompt", "stop", "ban"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, _clean(value, f"--{name}", notices))
+        elif isinstance(value, list):
+            setattr(args, name, [_clean(v, f"--{name}", notices) for v in value])
+
+
+def _clean(text: str, what: str, notices: list[str]) -> str:
+    clean = textin.from_str(text, what)
+    if clean.note:
+        notices.append(f"korepl: {clean.note}")
+    return clean.text
 
 
 def user_config(base: Config) -> tuple[Config, list[str]]:
@@ -97,8 +123,9 @@ def user_config(base: Config) -> tuple[Config, list[str]]:
     path = paths.user_config_file()
     if not path.is_file():
         return base, []
+    notes: list[str] = []
     try:
-        return read_config(path, base), []
+        return read_config(path, base, notes), notes
     except ConfigError as exc:
         return base, [f"korepl: ignoring your settings file: {exc}; starting on the defaults."]
 
@@ -106,27 +133,29 @@ def user_config(base: Config) -> tuple[Config, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     base, notices = user_config(load_defaults())
+    clean_args(args, notices)
     try:
         config = config_from_args(args, base)
     except (SettingError, ConfigError) as exc:
         print(f"korepl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.sessions:
+        return list_sessions()
 
     resume = None
-    if args.resume:
-        from korepl import store
-
-        try:
-            resume = store.read_file(paths.last_session_file())
-        except store.StoreError as exc:
-            print(f"korepl: cannot resume: {exc}", file=sys.stderr)
+    if args.resume is not None:
+        resume = read_resume(args.resume)
+        if resume is None:
             return EXIT_USAGE
         if not (args.model or args.demo):  # the model the session was written with
-            config = dataclasses.replace(config, model=store.model_name(resume) or config.model)
+            config = dataclasses.replace(config, model=resume.model or config.model)
 
     prompt = args.prompt
-    if prompt is None and not sys.stdin.isatty() and not args.resume:
-        prompt = sys.stdin.read().removesuffix("\n")  # `echo TEXT |` means TEXT, as --prompt TEXT does
+    if prompt is None and not sys.stdin.isatty() and args.resume is None:
+        piped = textin.decode_bytes(sys.stdin.buffer.read(), "the text on stdin")
+        if piped.note:
+            notices.append(f"korepl: {piped.note}")
+        prompt = piped.text.removesuffix("\n")  # `echo TEXT |` means TEXT, as --prompt TEXT does
     if prompt is None:
         from korepl.repl import run_repl
 
@@ -168,6 +197,49 @@ def run_once(loaded, prompt: str, config: Config) -> int:
     if out.isatty():
         out.write("\n")
     ending = session.last_ending
-    if ending is not None and ending.new_tokens == 0:
-        print(f"korepl: the model ended the text at once ({ending.reason} {ending.detail}).", file=sys.stderr)
+    if ending is not None and ending.reason in ("stop-token", "stop-text"):  # why it stopped, never on stdout
+        what = "the stop token" if ending.reason == "stop-token" else "the stop text"
+        when = "at once" if ending.new_tokens == 0 else f"after {ending.new_tokens} tokens"
+        print(f"korepl: stopped at {what} {ending.detail} {when} (--no-stop or --stop change the stops).",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """A saved session to continue, read and checked before the model loads."""
+
+    path: str
+    data: dict
+    model: str | None
+
+
+def read_resume(choice: str) -> Resume | None:
+    """The session --resume names (FILE, or the latest with text); None after saying why not."""
+    from korepl import store
+
+    path = Path(choice).expanduser() if choice else store.latest_with_text(paths.sessions_dir())
+    if path is None:
+        print(f"korepl: no saved session with text to resume in {paths.sessions_dir()}", file=sys.stderr)
+        return None
+    try:
+        data = store.read_file(path)
+    except store.StoreError as exc:
+        print(f"korepl: cannot resume: {exc}", file=sys.stderr)
+        return None
+    return Resume(str(path), data, store.model_name(data))
+
+
+def list_sessions() -> int:
+    from korepl import store
+
+    folder = paths.sessions_dir()
+    found = store.session_files(folder)
+    if not found:
+        print(f"no saved sessions in {folder}")
+        return EXIT_OK
+    print(f"sessions in {folder}, newest first (korepl --resume FILE continues one):")
+    for info in found:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.modified))
+        print(f"  {info.path.name}  {when}  {info.tokens:>6} tokens  {info.size / 1024:>7.1f} KiB  {info.first_words}")
     return EXIT_OK

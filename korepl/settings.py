@@ -72,17 +72,26 @@ class Settings:
 # --- parsers: each takes a string (flag, command) or a TOML value and returns the typed value ----
 
 
+def _shown(raw: Any) -> str:
+    """A value as an error message quotes it: short, whatever was given (a 5,000-digit number included)."""
+    try:
+        text = raw if isinstance(raw, str) else repr(raw)
+    except ValueError:  # an int too long for str()
+        text = "a number of thousands of digits"
+    return repr(text[:40] + "…" if len(text) > 40 else text)
+
+
 def _int_in(low: int, high: int) -> Callable[[str, Any], int]:
     def parse(name: str, raw: Any) -> int:
         allowed = f"{name} must be a whole number from {low} to {high}"
         if isinstance(raw, bool):
-            raise SettingError(f"{allowed} (got {raw!r})")
+            raise SettingError(f"{allowed} (got {_shown(raw)})")
         try:
             value = int(raw) if isinstance(raw, int) else int(str(raw).strip())
         except ValueError:
-            raise SettingError(f"{allowed} (got {str(raw)!r})") from None
+            raise SettingError(f"{allowed} (got {_shown(raw)})") from None
         if not low <= value <= high:
-            raise SettingError(f"{allowed} (got {value})")
+            raise SettingError(f"{allowed} (got {_shown(value)})")
         return value
 
     return parse
@@ -93,11 +102,11 @@ def _float_in(low: float, high: float, *, low_open: bool, hint: str = "") -> Cal
         opening = f"greater than {low:g}" if low_open else f"at least {low:g}"
         allowed = f"{name} must be a number {opening} and at most {high:g}{hint}"
         if isinstance(raw, bool):
-            raise SettingError(f"{allowed} (got {raw!r})")
+            raise SettingError(f"{allowed} (got {_shown(raw)})")
         try:
             value = float(raw) if isinstance(raw, (int, float)) else float(str(raw).strip())
         except ValueError:
-            raise SettingError(f"{allowed} (got {str(raw)!r})") from None
+            raise SettingError(f"{allowed} (got {_shown(raw)})") from None
         # `not (...)` also rejects NaN, which compares false to everything.
         if not (value > low if low_open else value >= low) or not value <= high:
             raise SettingError(f"{allowed} (got {value:g})")
@@ -114,14 +123,14 @@ def _bool(name: str, raw: Any) -> bool:
         return True
     if text in ("off", "false", "no", "0"):
         return False
-    raise SettingError(f"{name} must be on or off (got {str(raw)!r})")
+    raise SettingError(f"{name} must be on or off (got {_shown(raw)})")
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
     def parse(name: str, raw: Any) -> str:
         text = str(raw).strip().lower()
         if text not in options:
-            raise SettingError(f"{name} must be one of {', '.join(options)} (got {str(raw)!r})")
+            raise SettingError(f"{name} must be one of {', '.join(options)} (got {_shown(raw)})")
         return text
 
     return parse
@@ -137,7 +146,7 @@ def _int_or_none(low: int, high: int, none_word: str) -> Callable[[str, Any], in
             return _int_in(low, high)(name, raw)
         except SettingError:
             raise SettingError(f"{name} must be a whole number from {low} to {high}, or {none_word} "
-                               f"(got {str(raw)!r})") from None
+                               f"(got {_shown(raw)})") from None
 
     return parse
 
@@ -146,13 +155,13 @@ def _newline(name: str, raw: Any) -> str:
     text = str(raw).strip()
     if text in ("auto", "space") or (text.startswith("<") and text.endswith(">") and " " not in text):
         return text
-    raise SettingError(f"{name} must be auto, space or a token such as <unused0> (got {str(raw)!r})")
+    raise SettingError(f"{name} must be auto, space or a token such as <unused0> (got {_shown(raw)})")
 
 
 def _text_list(name: str, raw: Any) -> tuple[str, ...]:
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
-        raise SettingError(f"{name} must be a list of texts (got {raw!r})")
+        raise SettingError(f"{name} must be a list of texts (got {_shown(raw)})")
     if any(s == "" for s in items):
         raise SettingError(f"{name} entries must not be empty")
     return tuple(dict.fromkeys(items))  # keep order, drop repeats
@@ -249,6 +258,9 @@ class Config:
     dtype: str
     quantize: str
     decoding: Settings
+    keep_sessions: int  # how many REPL sessions the state folder keeps (the latest with text always stays)
+    # The decoding settings the user chose (in their file or by flags), which win over a resumed session's.
+    chosen: frozenset[str] = frozenset()
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -261,6 +273,9 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, and the line or key."""
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def defaults_path() -> Path:
     for path in DEFAULTS_CANDIDATES:
         if path.is_file():
@@ -268,30 +283,43 @@ def defaults_path() -> Path:
     raise FileNotFoundError(f"korepl's default settings are missing (looked in {', '.join(map(str, DEFAULTS_CANDIDATES))})")
 
 
-def read_config(path: Path, base: Config | None) -> Config:
+def read_config(path: Path, base: Config | None, notes: list[str] | None = None) -> Config:
     """`base` with what the TOML file at `path` sets (no base: the file must set everything).
 
-    ConfigError names the file and the line or key at fault.
+    ConfigError names the file and the line or key at fault.  A file that is not UTF-8 is read as
+    CP949 (or with U+FFFD), and `notes` gets one line saying so.
     """
+    from korepl import textin
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a settings file is a few lines")
+    decoded = textin.decode_bytes(raw, "the file")
+    try:
+        data = tomllib.loads(decoded.text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # a number of thousands of digits, nesting thousands deep
+        raise ConfigError(f"{path}: a value korepl cannot read ({str(exc)[:80]})") from None
+    if decoded.note and notes is not None:
+        notes.append(f"korepl: {path}: {decoded.note}")
     return apply_config(data, base, str(path))
 
 
 def apply_config(data: Mapping[str, Any], base: Config | None, source: str) -> Config:
-    unknown = set(data) - {"model", "decoding", *LOAD_KEYS}
+    unknown = set(data) - {"model", "decoding", "keep_sessions", *LOAD_KEYS}
     if unknown:
         raise ConfigError(f"{source}: unknown key '{sorted(unknown)[0]}' "
-                          f"(keys are model, {', '.join(LOAD_KEYS)} and [decoding])")
+                          f"(keys are model, {', '.join(LOAD_KEYS)}, keep_sessions and [decoding])")
     decoding = data.get("decoding", {})
     if not isinstance(decoding, Mapping):
         raise ConfigError(f"{source}: [decoding] must be a table")
     if base is None:
-        missing = [n for n in ("model", *LOAD_KEYS) if n not in data] + \
+        missing = [n for n in ("model", "keep_sessions", *LOAD_KEYS) if n not in data] + \
             [n for n in FIELDS_BY_NAME if n not in decoding]
         if missing:
             raise ConfigError(f"{source}: key '{missing[0]}' is missing")
@@ -304,13 +332,22 @@ def apply_config(data: Mapping[str, Any], base: Config | None, source: str) -> C
         if load[key] not in allowed:
             raise ConfigError(f"{source}: key '{key}' must be one of {', '.join(allowed)} (got {load[key]!r})")
     try:
+        keep_sessions = parse_keep_sessions(data.get("keep_sessions", base and base.keep_sessions))
+    except SettingError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
         if base is None:
             settings = Settings(**{name: field.parse(decoding[name]) for name, field in FIELDS_BY_NAME.items()})
         else:
             settings = base.decoding.with_values(decoding)
     except SettingError as exc:
         raise ConfigError(f"{source}: [decoding] {exc}") from None
-    return Config(model=model, decoding=settings, **load)
+    chosen = frozenset(decoding) | base.chosen if base is not None else frozenset()
+    return Config(model=model, decoding=settings, keep_sessions=keep_sessions, chosen=chosen, **load)
+
+
+def parse_keep_sessions(raw: Any) -> int:
+    return _int_in(1, 100_000)("keep_sessions", raw)
 
 
 def load_defaults() -> Config:

@@ -38,7 +38,7 @@ def decode_bytes(data: bytes, what: str = "the input") -> Clean:
         text = data.decode("utf-8", errors="replace")
         note = f"{what} was neither UTF-8 nor CP949; the bytes that could not be read became \ufffd"
     cleaned = _strip_controls(text, what)
-    return Clean(cleaned.text, note)
+    return Clean(cleaned.text, note + ("; control characters were left out" if cleaned.note else ""))
 
 
 def from_str(text: str, what: str = "the input") -> Clean:

@@ -112,4 +112,5 @@ def test_one_shot_on_each_path_prints_text_and_no_warnings(tmp_path, args):
                              "--max-new-tokens", "20", "--seed", "1", *args], capture_output=True, text=True,
                             env=env, timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 0 and result.stdout.strip()
-    assert result.stderr == ""  # no deprecation notice, no warning
+    # No deprecation notice, no warning: at most the line saying why it stopped.
+    assert [line for line in result.stderr.splitlines() if not line.startswith("korepl: stopped at")] == []
