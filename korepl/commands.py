@@ -191,8 +191,10 @@ def _head(text: str, width: int = 40) -> str:
 def _undo(state: State, args: str) -> Reply:
     session = _needs_session(state)
     undone = _session_move(session.undo)
-    what = "continuation" if undone.kind == "generated" else "line" if undone.kind == "typed" else undone.kind
-    return info(f"took back the {what} '{_head(undone.new_text)}'; the text now ends: {_tail(session.text)}")
+    what = {"generated": "continuation", "typed": "line", "picked": "picked token", "edited": "edit"}.get(
+        undone.kind, undone.kind)
+    taken = f" '{_head(undone.new_text)}'" if undone.new_text.strip() else ""
+    return info(f"took back the {what}{taken}; the text now ends: {_tail(session.text)}")
 
 
 def _redo(state: State, args: str) -> Reply:

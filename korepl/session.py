@@ -69,6 +69,7 @@ class Session:
         self.tokenizer = loaded.tokenizer
         self.vocab = Vocabulary(loaded.tokenizer)
         self.window = loaded.window
+        self.revision = 0  # counts changes worth saving (turns, moves, settings): the journal saves when it moves
         self.settings = settings  # validated against this tokenizer; `generate` follows it
         self.ids: list[int] = []  # the whole context
         self.text = ""  # the writer's text: what was fed (newlines kept) and what was generated
@@ -90,7 +91,12 @@ class Session:
     def settings(self, value: Settings) -> None:
         """Take new settings; SettingError (nothing changed) when this tokenizer cannot follow them."""
         self.controls: Controls = resolve(self.vocab, value)
+        if getattr(self, "_settings", None) is None or value.seed != self._settings.seed:
+            # One random stream per seed: each continuation, retry and empty line draws on from it, so a
+            # fixed seed makes a whole session reproducible without making every retry the same.
+            self._generator = sampling.make_generator(value.seed)
         self._settings = value
+        self.revision += 1
 
     # --- text <-> ids ---------------------------------------------------------------------------
 
@@ -231,7 +237,7 @@ class Session:
         settings, controls = self.settings, self.controls
         if not self.ids:
             self._seed_empty_context()
-        generator = sampling.make_generator(settings.seed)
+        generator = self._generator
         gate = TextGate(self.decode, self.ids, controls.stop_texts)
         start = kept = len(self.ids)  # ids before `kept` are shown
         ending = Ending("interrupted")
@@ -318,6 +324,7 @@ class Session:
         grown = turns.grow(self.turn, kind, self.ids, self.text)
         if grown is not self.turn:
             self.turn = grown
+            self.revision += 1
             self._remember_logits()
 
     def checkpoint(self) -> None:
@@ -341,6 +348,7 @@ class Session:
         self.ids.extend(ids[common:])
         self.text = target.text()
         self.turn = target
+        self.revision += 1
         self._fit_view()
         known = self._turn_logits.get(target)
         if self.pending == 0 and known is not None and known[0] == self.view_start:
@@ -385,7 +393,12 @@ class Session:
 
     def peek(self, count: int) -> list[Candidate]:
         """The `count` likeliest next tokens under the current settings.  Changes nothing."""
-        logits = sampling.scores(self.next_logits(), self.penalty_history(), self.settings, self._bans(0))
+        empty = not self.ids
+        try:
+            logits = sampling.scores(self.next_logits(), self.penalty_history(), self.settings, self._bans(0))
+        finally:
+            if empty:  # next_logits started from the beginning-of-text token: take it back
+                self._truncate(0)
         probs = torch.softmax(logits, dim=-1)
         values, ids = torch.topk(probs, min(count, probs.shape[-1]))
         return [Candidate(int(i), self.vocab.token(int(i)), float(p)) for p, i in zip(values, ids) if p > 0]
@@ -424,6 +437,7 @@ class Session:
         self.settings = settings
         self.root, self.turn = root, current
         self.ids, self.text = current.ids(), current.text()
+        self.revision += 1
         self._turn_logits.clear()
         self._reset_view(view_start)
         self._fit_view()

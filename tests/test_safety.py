@@ -97,3 +97,21 @@ def test_a_long_edit_or_paste_leaves_the_view_inside_the_window(demo, new_sessio
         make_move(session, move, tmp_path)
     assert len(session.ids) > 2 * session.window
     assert len(session.ids) - session.view_start <= session.window
+
+
+def test_peek_on_an_empty_text_changes_nothing(demo, new_session):
+    session = new_session(demo)
+    assert session.peek(3)
+    assert session.ids == [] and session.text == "" and session.turn is session.root
+
+
+def test_a_fixed_seed_makes_the_session_reproducible_yet_retries_differ(demo, new_session):
+    def run():
+        session = new_session(demo, seed=7, max_new_tokens=12, stop=())
+        session.add_line("대한민국의 모든 국민은")
+        first = drain(session.generate())
+        return session, first, drain(session.retry())
+
+    session, first, second = run()
+    assert first != second  # a retry is another draw, not a copy
+    assert run()[1:] == (first, second)  # and the same seed replays the same session
