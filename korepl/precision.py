@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import time
 import warnings
 from pathlib import Path
+
+from korepl.machine import cpu_model
 
 # What `auto` chooses among: the paths whose accuracy holds (top-1 agreement with float32 of at least
 # 99% for half precision and 95% for int8; tests/test_precision.py checks them on the demo model).
@@ -116,14 +117,6 @@ def measure_products(hidden: int, vocab: int, repeats: int = 5) -> dict[str, flo
                 best = min(best, time.perf_counter() - started)
             timings[path] = best * 1000
     return timings
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _torch_version() -> str:
