@@ -3,6 +3,10 @@
 The prompt shows at once; the model loads on a background thread meanwhile (commands work, a text
 line waits for it behind a spinner).  Between prompts the REPL owns the screen: a continuation is
 printed piece by piece as the session yields it, and Ctrl+C stops it with what was shown kept.
+Keys typed between prompts wait for the next prompt, which takes them as if typed there
+(korepl.terminal); every line read goes through korepl.textin before the REPL uses it.
+After every line the session is saved (korepl.journal); SIGTERM and SIGHUP save and leave, and an
+internal error saves, writes a crash report and carries on.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
 
-from korepl import commands, paths, store
+from korepl import commands, journal, paths, store, textin
 from korepl.loading import DEMO_MODEL_DIR, ModelUnavailable
 from korepl.settings import Config, SettingError, Settings
+from korepl.terminal import BusyTerminal, InterruptGuard, replay
 
 STYLE = Style.from_dict({
     "continuation": "ansicyan",
@@ -44,6 +49,18 @@ STYLE = Style.from_dict({
 })
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 BLOCK = '"""'
+TYPED_AHEAD_NOTE = "[running the line typed while korepl was busy]"
+# Internal errors in a row after which korepl leaves (the loop itself is broken, not one command).
+MAX_CRASHES_IN_A_ROW = 3
+
+
+class Hangup(BaseException):
+    """SIGTERM or SIGHUP: the session is saved and korepl leaves (not an Exception: nothing may swallow it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
 
 
 class BackgroundLoad:
@@ -91,61 +108,6 @@ class CommandCompleter(Completer):
                     yield Completion(choice, start_position=-len(rest))
 
 
-class InterruptGuard:
-    """Ctrl+C raises at once, except while a piece of text is being printed: then right after it.
-
-    So a continuation can be stopped in the middle of a forward pass, yet never in the middle of
-    writing a piece to the screen (which would leave the screen short of the kept text).  The
-    terminal is also told not to discard output still queued when Ctrl+C arrives (NOFLSH), which
-    it otherwise does: the screen would lose text that the context keeps; and not to echo keys
-    typed meanwhile, which the next prompt shows in its line.
-    """
-
-    def __init__(self):
-        self._shielded = False
-        self._pending = False
-        self._tty_attrs = None
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        with contextlib.suppress(Exception):  # not a terminal (piped): nothing to keep
-            import termios
-
-            fd = sys.stdin.fileno()
-            self._tty_attrs = termios.tcgetattr(fd)
-            attrs = termios.tcgetattr(fd)
-            attrs[3] |= termios.NOFLSH
-            attrs[3] &= ~termios.ECHO  # keys typed ahead wait for the next prompt instead of landing in the text
-            termios.tcsetattr(fd, termios.TCSADRAIN, attrs)
-        return self
-
-    def __exit__(self, *exc_info):
-        signal.signal(signal.SIGINT, self._previous)
-        if self._tty_attrs is not None:
-            import termios
-
-            with contextlib.suppress(Exception):
-                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self._tty_attrs)
-        return False
-
-    def _on_sigint(self, signum, frame):
-        if self._shielded:
-            self._pending = True
-        else:
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def shield(self):
-        self._shielded = True
-        try:
-            yield
-        finally:
-            self._shielded = False
-        if self._pending:
-            self._pending = False
-            raise KeyboardInterrupt
-
-
 def key_bindings() -> KeyBindings:
     bindings = KeyBindings()
 
@@ -157,8 +119,9 @@ def key_bindings() -> KeyBindings:
 
 
 class Repl:
-    def __init__(self, config: Config, notices: list[str], resume: dict | None = None):
+    def __init__(self, config: Config, notices: list[str], resume=None):
         self._settings = config.decoding
+        self._chosen = set(config.chosen)  # settings the user set (file, flags, commands): they beat a resume
         self.model_label = "demo" if Path(config.model) == DEMO_MODEL_DIR else config.model
         self._load = BackgroundLoad(config)
         self.config = config
@@ -169,6 +132,10 @@ class Repl:
         self._slides_seen = 0
         self._resume = resume
         self._load_error_shown = False
+        self._terminal = BusyTerminal()  # between prompts: keys typed meanwhile wait for the next prompt
+        self.journal = journal.Journal(paths.sessions_dir(), config.keep_sessions)
+        self._hangup = 0  # the SIGTERM or SIGHUP that came, if one did
+        self._save_error_shown: str | None = None
 
     # --- the state commands see ----------------------------------------------------------------
 
@@ -180,10 +147,17 @@ class Repl:
     def settings(self, value: Settings) -> None:
         if self._session is not None:
             self._session.settings = value  # may refuse (SettingError): then nothing changes
+        old = dataclasses.asdict(self._settings)
+        self._chosen |= {name for name, item in dataclasses.asdict(value).items() if old[name] != item}
         self._settings = value
 
     @property
     def session(self):
+        """The Session, or None while the model loads (or could not be loaded)."""
+        return self._session
+
+    def ensure_session(self):
+        """Make the session once the model has loaded (resuming a saved one if asked); the session or None."""
         if self._session is None and self._load.loaded is not None:
             from korepl.session import Session
 
@@ -207,15 +181,25 @@ class Repl:
         while self._notices:
             self._print(self._notices.pop(0), "note")
 
-    def _restore(self, data: dict) -> None:
+    def _restore(self, resume) -> None:
+        """Continue a saved session: its settings, then over them every setting the user chose.
+
+        So the order is: saved session < user config < flags < commands typed while it loaded.
+        """
+        session = self._session
         try:
-            store.restore(self._session, data, str(paths.last_session_file()))
+            store.restore(session, resume.data, resume.path)
         except store.StoreError as exc:
             self._notices.append(f"korepl: cannot resume: {exc}; starting with an empty text")
             return
-        self._settings = self._session.settings
-        self._notices.append(f"resumed: {len(self._session.ids)} tokens; the text ends: "
-                             f"{self._session.text[-60:]}")
+        chosen = {name: getattr(self._settings, name) for name in self._chosen}
+        try:
+            session.settings = dataclasses.replace(session.settings, **chosen)
+        except SettingError as exc:  # a choice this session's tokenizer cannot follow
+            self._notices.append(f"korepl: {exc}; keeping the resumed session's settings")
+        self._settings = session.settings
+        self._notices.append(f"resumed {resume.path}: {len(session.ids)} tokens; the text ends: "
+                             f"{session.text[-60:]}")
 
     def model_settings(self) -> list[tuple[str, str]]:
         loaded = self._load.loaded
@@ -225,6 +209,8 @@ class Repl:
 
     def reset(self) -> None:
         if self._session is not None:
+            self._save()  # what was written stays in its own file
+            self.journal.start_new_file()
             self._session = None
             self.last_speed = None
             self._slides_seen = 0
@@ -246,27 +232,78 @@ class Repl:
             style=STYLE,
         )
         self._print(f"korepl: writing with {self.model_label}. /help lists the commands; Ctrl+D leaves.", "note")
+        self._prompt = prompt
+        previous = {each: signal.signal(each, self._on_hangup) for each in (signal.SIGTERM, signal.SIGHUP)}
+        status = 0
+        try:
+            self._loop(prompt)
+        except Hangup as exc:
+            status = 128 + exc.signum
+        finally:
+            self._leave()
+            for each, handler in previous.items():
+                signal.signal(each, handler)
+        return status
+
+    def _on_hangup(self, signum, frame) -> None:
+        """SIGTERM, SIGHUP: leave through `run`, which saves.  At the prompt, through the prompt's own exit."""
+        for each in (signal.SIGTERM, signal.SIGHUP):  # a second one must not interrupt the save
+            signal.signal(each, signal.SIG_IGN)
+        self._hangup = signum  # checked again after the prompt, should it be ending as the signal comes
+        app = self._prompt.app
+        if app.is_running and app.loop is not None:  # raising inside prompt_toolkit's loop would be caught there
+
+            def leave_prompt() -> None:
+                if app.is_running and app.future is not None and not app.future.done():
+                    app.exit(exception=Hangup(signum))
+
+            app.loop.call_soon_threadsafe(leave_prompt)
+            return
+        raise Hangup(signum)
+
+    def _loop(self, prompt: PromptSession) -> None:
+        crashes = 0
         while not self._quit:
-            if self._load.done.is_set() and not self._load.error:
-                _ = self.session  # once loaded: make the session (and resume) before the next prompt
-            elif self._load.error and not self._load_error_shown:
-                self._print(self._load.error, "error")
-                self._load_error_shown = True
-            self._print_notices()
             try:
-                line = self._read(prompt)
-            except KeyboardInterrupt:
-                continue  # Ctrl+C at the prompt clears the line
+                self._turn(prompt)
+                crashes = 0
             except EOFError:
-                break
-            try:
+                return
+            except Exception as exc:  # korepl's own fault: save, report, carry on
+                crashes += 1
+                self._crashed(exc)
+                if crashes >= MAX_CRASHES_IN_A_ROW:
+                    self._print("korepl keeps failing and leaves; your session is saved.", "error")
+                    return
+
+    def _turn(self, prompt: PromptSession) -> None:
+        """One prompt and what the line asks for; the session is saved after it, whatever happened."""
+        try:
+            with self._terminal:
+                if self._load.done.is_set() and not self._load.error:
+                    self.ensure_session()  # once loaded: make the session (and resume) before the next prompt
+                elif self._load.error and not self._load_error_shown:
+                    self._print(self._load.error, "error")
+                    self._load_error_shown = True
+                self._print_notices()
+                self._save()
+            line = self._read(prompt, self._terminal.take_typed_ahead())
+        except KeyboardInterrupt:
+            return  # Ctrl+C at the prompt clears the line (or stops a resume's prefill)
+        if self._hangup:
+            raise Hangup(self._hangup)
+        if line is None:
+            return
+        try:
+            with self._terminal:
                 self._handle(line)
-            except KeyboardInterrupt:  # during a command's own model run (a /peek after /load, say)
-                self._print("[stopped]", "note")
-        self._autosave()
-        return 0
+        except KeyboardInterrupt:  # during a command's own model run (a /peek after /load, say)
+            self._print("[stopped]", "note")
+        finally:
+            self._save()
 
     def _handle(self, line: str) -> None:
+        self.ensure_session()
         if commands.is_command(line) and "\n" not in line:
             reply = commands.run_command(self, line)
             self._show(reply)
@@ -275,14 +312,37 @@ class Repl:
         else:
             self._write(line)
 
-    def _autosave(self) -> None:
-        """Leave the session where `korepl --resume` finds it."""
-        if self._session is None:
-            return
-        try:
-            store.save(self._session, paths.last_session_file())
-        except store.StoreError as exc:
-            self._print(f"could not save the session for --resume: {exc}", "error")
+    def _save(self) -> None:
+        """Save the session if it changed; a failure is said once (until it changes), never raised."""
+        problem = self.journal.save(self._session)
+        if problem and problem != self._save_error_shown:
+            self._print(problem, "error")
+        self._save_error_shown = problem
+
+    def _crashed(self, exc: Exception) -> None:
+        """An internal error: the session is saved first, the traceback goes to a file, one paragraph here."""
+        with contextlib.suppress(Exception):
+            self._save()
+        report = journal.write_crash_report(exc)
+        where = f"the details are in {report}" if report else "no crash report could be written"
+        saved = f"your session is saved in {self.journal.path}" if self.journal.path else "nothing was lost"
+        self._print(f"korepl hit an internal error ({type(exc).__name__}) and carries on; {saved}; {where}. "
+                    "Please send that file with a bug report.", "error")
+
+    def _leave(self) -> None:
+        """On the way out (Ctrl+D, /quit, SIGTERM, SIGHUP): save, say where, give the terminal back."""
+        with contextlib.suppress(Exception):
+            if self._session is None or self._consistent(self._session):
+                self._save()
+        self._terminal.close()  # the shell gets its terminal back as it was
+        if self.journal.path is not None and self._save_error_shown is None:
+            with contextlib.suppress(Exception):  # the terminal may be gone (SIGHUP)
+                self._print(f"saved to {self.journal.path}; korepl --resume continues it", "note")
+
+    @staticmethod
+    def _consistent(session) -> bool:
+        """False if a signal cut a move short mid-way: then the last saved state is kept instead."""
+        return session.text == session.turn.text() and session.ids == session.turn.ids()
 
     def edit_text(self, text: str) -> str | None:
         """Open `text` in $VISUAL or $EDITOR (vi when neither is set); the edited text, or None if unchanged."""
@@ -291,35 +351,54 @@ class Repl:
             path = Path(folder) / "text.txt"
             path.write_text(text, encoding="utf-8")
             try:
-                subprocess.run([*shlex.split(editor), str(path)], check=True)
+                with self._terminal.suspended():
+                    subprocess.run([*shlex.split(editor), str(path)], check=True)
             except (OSError, subprocess.CalledProcessError) as exc:
                 raise commands.CommandError(f"the editor '{editor}' failed ({exc}); the text is unchanged") from None
-            edited = path.read_text(encoding="utf-8")
+            clean = textin.decode_bytes(path.read_bytes(), "the edited text")  # the editor may save any bytes
+        if clean.note:
+            self._print(f"[{clean.note}]", "note")
+        edited = clean.text
         edited = edited[:-1] if edited.endswith("\n") and not text.endswith("\n") else edited  # editors add one
         return None if edited == text else edited
 
-    def _read(self, prompt: PromptSession) -> str | None:
+    def _read(self, prompt: PromptSession, typed_ahead: bytes = b"") -> str | None:
+        """The next line (or block), cleaned; None when cleaning left nothing of a line that had something.
+
+        `typed_ahead` (keys typed while korepl was busy) goes to the prompt first, as if typed there.
+        """
+        entered_ahead = False
+
+        def take_typed_ahead() -> None:
+            nonlocal entered_ahead
+            entered_ahead = replay(prompt.app, typed_ahead)
+
         with patch_stdout():
-            line = prompt.prompt("> ")
-        if not line.lstrip().startswith(BLOCK):
-            return line
-        # A """ block: lines until the closing """, taken as one text.
-        body = line.lstrip()[len(BLOCK):]
-        lines = []
-        while BLOCK not in body:
-            lines.append(body)
-            with patch_stdout():
-                body = prompt.prompt("... ")
-        lines.append(body[: body.index(BLOCK)])
-        return "\n".join(lines).strip("\n")
+            line = prompt.prompt("> ", pre_run=take_typed_ahead)
+        if entered_ahead:  # Enter was among the keys typed ahead: as a shell would, run the line, but say so
+            self._print(TYPED_AHEAD_NOTE, "note")
+        if line.lstrip().startswith(BLOCK):
+            # A """ block: lines until the closing """, taken as one text.
+            body = line.lstrip()[len(BLOCK):]
+            lines = []
+            while BLOCK not in body:
+                lines.append(body)
+                with patch_stdout():
+                    body = prompt.prompt("... ")
+            lines.append(body[: body.index(BLOCK)])
+            line = "\n".join(lines).strip("\n")
+        clean = textin.from_str(line, "the line")  # a legacy terminal's CP949, stray control keys
+        if clean.note:
+            self._print(f"[{clean.note}]", "note")
+        return None if line and not clean.text else clean.text
 
     def _write(self, line: str) -> None:
-        if self.session is None and not self._wait_for_model():
+        if self._session is None and not self._wait_for_model():
             return
-        session = self.session
+        session = self.ensure_session()
         if line:
-            session.add_line(line)
-            if len(session.ids) > session.window:
+            added = session.add_line(line)
+            if added > session.window:
                 self._print(f"[the text is {len(session.ids)} tokens, more than the model's window of "
                             f"{session.window}: all of it is kept, and the model sees the most recent part]", "note")
         written = self._continue(session, session.generate())
@@ -330,8 +409,9 @@ class Repl:
         ending = session.last_ending
         silent = ending is not None and not written.strip()
         if silent and ending.reason == "stop-token":
+            again = "" if session.settings.greedy else ", or press Enter to continue anyway"
             self._print(f"[the model ended the text at once ({ending.detail}); /min 1 makes it write at least "
-                        "one token, or press Enter to continue anyway]", "note")
+                        f"one token{again}]", "note")
         elif silent and ending.reason == "stop-text":
             self._print(f"[the continuation began with the stop text {ending.detail!r}; nothing was added; "
                         f"/stop del {ending.detail} lets it through]", "note")
@@ -403,8 +483,9 @@ class Repl:
             self._print(line, "error" if reply.error else "")
 
     def _toolbar(self):
-        if not self._load.done.is_set():
-            return FormattedText([("", f" {self.model_label} │ loading the model … (commands work meanwhile)")])
+        if not self._load.done.is_set() or self._resume is not None:
+            doing = "resuming the session" if self._resume is not None else "loading the model"
+            return FormattedText([("", f" {self.model_label} │ {doing} … (commands work meanwhile)")])
         if self._load.error:
             return FormattedText([("class:bottom-toolbar.warn", " no model: it could not be loaded (any command "
                                                                 "says why); /quit to leave")])
@@ -437,5 +518,5 @@ def open_history() -> History:
         return InMemoryHistory()
 
 
-def run_repl(config: Config, notices: list[str], resume: dict | None = None) -> int:
+def run_repl(config: Config, notices: list[str], resume=None) -> int:
     return Repl(config, notices, resume).run()

@@ -77,8 +77,9 @@ def _shown(raw: Any) -> str:
     try:
         text = raw if isinstance(raw, str) else repr(raw)
     except ValueError:  # an int too long for str()
-        text = "a number of thousands of digits"
-    return repr(text[:40] + "…" if len(text) > 40 else text)
+        return "a number of thousands of digits"
+    text = text[:40] + "…" if len(text) > 40 else text
+    return repr(text) if isinstance(raw, str) else text
 
 
 def _int_in(low: int, high: int) -> Callable[[str, Any], int]:
