@@ -21,7 +21,14 @@ if TYPE_CHECKING:  # torch loads with the model, in the background, so the REPL'
 DEFAULT_MODEL = "skt/kogpt2-base-v2"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 
-# How KoGPT2's documentation loads its tokenizer; its ids: <s>=0 </s>=1 <usr>=2 <pad>=3 <sys>=4 <unk>=5 <mask>=6.
+# The first 109 entries of KoGPT2's vocabulary, at these ids; the demo model's tokenizer has them at the same ids
+# (scripts/build_demo_model.py builds it from this table).
+KOGPT2_TOKEN_IDS = {
+    "<s>": 0, "</s>": 1, "<usr>": 2, "<pad>": 3, "<sys>": 4, "<unk>": 5, "<mask>": 6, "<d>": 7, "</d>": 8,
+    **{f"<unused{i}>": 9 + i for i in range(100)},
+}
+
+# How KoGPT2's documentation loads its tokenizer (ids in KOGPT2_TOKEN_IDS; bos and eos are both </s>).
 KOGPT2_SPECIAL_TOKENS = {
     "bos_token": "</s>",
     "eos_token": "</s>",

@@ -10,6 +10,7 @@ picks a path slower than float32.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 import warnings
@@ -39,11 +40,10 @@ def to_int8(model):
     Layer by layer, so that only one float32 copy (Conv1D's [in, out] turned to [out, in]) lives at a time:
     converting the whole model first and quantizing after peaked at 1.45 GB on KoGPT2's shape, this at 1.0 GB.
     """
-    import torch
     from torch import nn
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
     from transformers.pytorch_utils import Conv1D
 
+    Int8Linear, qconfig = _dynamic_quantization()
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Conv1D):  # weight [in, out] -> nn.Linear's [out, in]
@@ -54,10 +54,47 @@ def to_int8(model):
                 linear = child
             else:
                 continue
-            linear.qconfig = torch.ao.quantization.default_dynamic_qconfig
+            linear.qconfig = qconfig
             with _quiet():  # torch.ao.quantization prints a migration notice in torch 2.13; the user sees none
                 setattr(parent, name, Int8Linear.from_float(linear))
     return model
+
+
+def _dynamic_quantization():
+    """torch's dynamic quantization API: the int8 Linear module and its qconfig (ImportError where torch has none).
+
+    torch 2.13 marks `torch.ao.quantization` for removal in favour of torchao; korepl's int8 is built on it.
+    """
+    with _quiet():
+        from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+        from torch.ao.quantization import default_dynamic_qconfig
+    return Int8Linear, default_dynamic_qconfig
+
+
+@functools.cache
+def int8_unavailable() -> str | None:
+    """Why this torch cannot run korepl's int8 path, in one line; None when it can.
+
+    Asked once per process: a tiny layer is quantized and run, so a torch that has dropped the API, or only the
+    kernels under it, is found out here rather than halfway through converting a model.
+    """
+    import torch
+
+    try:
+        with _quiet(), torch.inference_mode():
+            to_int8(torch.nn.Sequential(torch.nn.Linear(4, 4)))(torch.zeros(1, 4))
+    except Exception as exc:  # ImportError, AttributeError, a missing operator: any of them means no int8 here
+        return (
+            f"--quantize int8 is unavailable on this torch ({torch.__version__}): its dynamic quantization "
+            f"(torch.ao.quantization) cannot be used ({_first_line(exc)}); use --quantize none, with --dtype "
+            "float16 or bfloat16 for smaller weights"
+        )
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 @contextlib.contextmanager
@@ -72,6 +109,8 @@ def resolve(dtype: str, quantize: str, device_type: str, hidden: int, vocab: int
     if quantize == "int8":
         if device_type != "cpu":
             raise ValueError("--quantize int8 runs on the CPU only; use --device cpu or --dtype")
+        if (why_not := int8_unavailable()) is not None:
+            raise ValueError(why_not)
         return "int8", "asked for"
     if dtype != "auto":
         return dtype, "asked for"
@@ -98,7 +137,10 @@ def fastest_not_slower(timings: dict[str, float]) -> str:
 
 
 def measure_products(hidden: int, vocab: int, repeats: int = 5) -> dict[str, float]:
-    """Milliseconds for one token's largest products (an MLP layer and the output projection) per path."""
+    """Milliseconds for one token's largest products (an MLP layer and the output projection) per path.
+
+    int8 is left out where this torch cannot run it (see int8_unavailable).
+    """
     import torch
     from torch import nn
 
@@ -106,6 +148,8 @@ def measure_products(hidden: int, vocab: int, repeats: int = 5) -> dict[str, flo
     timings = {}
     with torch.inference_mode():
         for path in AUTO_PATHS:
+            if path == "int8" and int8_unavailable() is not None:
+                continue
             layers = [apply(nn.Sequential(nn.Linear(i, o)), path) for i, o in shapes]
             dtype = torch.float32 if path == "int8" else getattr(torch, path)
             inputs = [torch.randn(1, i, dtype=dtype) for i, _ in shapes]

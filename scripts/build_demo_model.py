@@ -44,7 +44,8 @@ Tokenizer: ``tokenizers`` BPE with ``unk_token="<unk>"``, no normalizer (as
 KoGPT2: what the user types is what the model sees; the training text itself
 is NFC), Metaspace pre-tokenizer and decoder (replacement '▁',
 prepend_scheme "always", split=True), no post-processor (nothing is added on
-encode). Special tokens at KoGPT2's ids: <s>=0 </s>=1 <usr>=2 <pad>=3 <sys>=4
+encode). Special tokens at KoGPT2's ids, from korepl's own table
+(``korepl.loading.KOGPT2_TOKEN_IDS``): <s>=0 </s>=1 <usr>=2 <pad>=3 <sys>=4
 <unk>=5 <mask>=6 <d>=7 </d>=8 <unused0..99>=9..108.
 
 Model: GPT2LMHeadModel, n_positions=1024, gelu_new, tied embeddings,
@@ -53,9 +54,23 @@ placed at a random offset inside the 1024 positions (a quarter of them at 0),
 so every position embedding gets trained and text past the first window
 stays Korean-looking. Saved in float16 with safetensors.
 
-Usage (from the repository root)::
+The build runs in phases, each a function from what the one before made to
+what the next needs: text (sources -> training and held-out documents),
+tokenizer (documents -> a checked tokenizer in the output folder, and the
+token streams), model (a fresh GPT-2), training, evaluation (held-out loss,
+then the float16 save and sample continuations) and metadata (README.md and
+training.json beside the weights).
 
-    /work/venv/bin/python scripts/build_demo_model.py --extra-dir /tmp/x/out --minutes 6
+Usage (from the repository root, in korepl's virtual environment with konlpy
+added: ``.venv/bin/pip install konlpy``)::
+
+    .venv/bin/python scripts/build_demo_model.py --extra-dir /tmp/x/out --minutes 6
+
+``--dry-run`` checks the whole pipeline in seconds instead: a tiny model,
+three steps, written to a new temporary folder (or ``--out``), never over
+the shipped model unless ``--out`` names it::
+
+    .venv/bin/python scripts/build_demo_model.py --dry-run
 """
 
 from __future__ import annotations
@@ -65,11 +80,11 @@ import html.parser
 import importlib.resources
 import json
 import math
-import os
 import platform
 import re
 import shutil
 import sys
+import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -77,12 +92,21 @@ from pathlib import Path
 
 import torch
 
-KOGPT2_SPECIALS = ["<s>", "</s>", "<usr>", "<pad>", "<sys>", "<unk>", "<mask>", "<d>", "</d>"] + [
-    f"<unused{i}>" for i in range(100)
-]
-TOKEN_KWARGS = dict(bos_token="</s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
-PROMPTS = ["대한민국의 모든 국민은", "이 법은", "수강신청에서 원하는 강의를 신청하기 위해서는"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # this checkout's korepl, whatever else the environment has
+
+from korepl.loading import DEMO_MODEL_DIR, KOGPT2_SPECIAL_TOKENS, KOGPT2_TOKEN_IDS  # noqa: E402
+from korepl.machine import cpu_model  # noqa: E402
+
+PROMPTS = ["대한민국의 모든 국민은", "이 법은", "수강신청에서 원하는 강의를 신청하기 위해서는"]
+BOS_ID, EOS_ID, PAD_ID, UNK_ID, MASK_ID = (
+    KOGPT2_TOKEN_IDS[KOGPT2_SPECIAL_TOKENS[role]]
+    for role in ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
+)
+N_POSITIONS = 1024  # KoGPT2's window
+SEED = 0
+# --dry-run: every option it names takes this value unless given on the command line.
+DRY_RUN = dict(steps=3, n_embd=32, n_layer=1, n_head=2, seq_len=32, batch_size=2, warmup=2, log_every=1)
 
 
 # --------------------------------------------------------------------------- text
@@ -322,160 +346,26 @@ def as_model_text(doc: Document) -> str:
     return " ".join(doc.paragraphs)
 
 
-# ---------------------------------------------------------------------- tokenizer
+@dataclass
+class Corpus:
+    """The text phase's output: documents to train and to evaluate on, and training.json's word on each source."""
+
+    train: list[Document]
+    heldout: list[Document]
+    sources: list[dict]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, min_char_count: int):
-    from collections import Counter
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    chars = Counter(c for t in texts for c in t if c != " ")
-    alphabet = sorted(c for c, n in chars.items() if n >= min_char_count)
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = None
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    tok.post_processor = None
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=KOGPT2_SPECIALS,
-        limit_alphabet=len(alphabet) + 1,  # '▁' joins the alphabet too
-        initial_alphabet=alphabet + ["▁"],
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return tok, len(alphabet), len(chars)
-
-
-def check_tokenizer(out: Path):
-    from transformers import PreTrainedTokenizerFast
-
-    tk = PreTrainedTokenizerFast.from_pretrained(out, **TOKEN_KWARGS)
-    want = {"<s>": 0, "</s>": 1, "<usr>": 2, "<pad>": 3, "<sys>": 4, "<unk>": 5, "<mask>": 6, "<d>": 7, "</d>": 8}
-    want.update({f"<unused{i}>": 9 + i for i in range(100)})
-    got = {t: tk.convert_tokens_to_ids(t) for t in want}
-    assert got == want, f"special token ids differ: {[(t, got[t], i) for t, i in want.items() if got[t] != i]}"
-    assert (tk.bos_token_id, tk.eos_token_id, tk.pad_token_id, tk.unk_token_id, tk.mask_token_id) == (1, 1, 3, 5, 6)
-    pieces = tk.tokenize("수강신청에서 원하는 강의를")
-    assert pieces and pieces[0].startswith("▁"), pieces
-    assert tk("이 법은")["input_ids"][0] != 1, "the tokenizer must not add a BOS on encode"
-    nl_ids = tk("\n", add_special_tokens=False)["input_ids"]
-    assert all("\n" not in tk.convert_ids_to_tokens(i) for i in nl_ids), nl_ids
-    assert not any("\n" in t for t in tk.get_vocab()), "a vocabulary entry contains a newline"
-    probes = {
-        s: tk.convert_ids_to_tokens(tk(s, add_special_tokens=False)["input_ids"])
-        for s in ["수강신청에서 원하는 강의를", "첫 줄\n둘째 줄", "\n", "좋아요 😀", "KoGPT2 모델"]
-    }
-    return tk, probes
-
-
-# -------------------------------------------------------------------------- model
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def encode_stream(tk, docs: list[Document]) -> torch.Tensor:
-    ids: list[int] = []
-    for doc in docs:
-        ids.extend(tk(as_model_text(doc), add_special_tokens=False)["input_ids"])
-        ids.append(tk.eos_token_id)
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def sample_batch(stream: torch.Tensor, batch: int, seq_len: int, n_positions: int, gen: torch.Generator):
-    starts = torch.randint(0, len(stream) - seq_len - 1, (batch,), generator=gen)
-    x = torch.stack([stream[s : s + seq_len + 1] for s in starts.tolist()])
-    offsets = torch.randint(0, n_positions - seq_len + 1, (batch, 1), generator=gen)
-    offsets[torch.rand(batch, 1, generator=gen) < 0.25] = 0
-    pos = offsets + torch.arange(seq_len)
-    return x[:, :-1], x[:, 1:], pos
-
-
-@torch.no_grad()
-def heldout_loss(model, stream: torch.Tensor, window: int) -> tuple[float, int]:
-    """Mean per-token loss over the whole stream in non-overlapping windows (positions from 0)."""
-    model.eval()
-    total, count = 0.0, 0
-    for s in range(0, len(stream) - 1, window):
-        chunk = stream[s : s + window + 1]
-        if len(chunk) < 2:
-            break
-        x, y = chunk[:-1].unsqueeze(0), chunk[1:].unsqueeze(0)
-        logits = model(input_ids=x).logits
-        total += torch.nn.functional.cross_entropy(logits[0], y[0], reduction="sum").item()
-        count += y.numel()
-    model.train()
-    return total / count, count
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-# --------------------------------------------------------------------------- main
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=REPO_ROOT / "korepl" / "demo_model", help="output folder (replaced)")
-    ap.add_argument("--extra-dir", type=Path, default=None, help="unpacked libreoffice-help-ko .deb (dpkg -x … DIR)")
-    ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget (ignored with --steps)")
-    ap.add_argument("--steps", type=int, default=None, help="train exactly this many steps instead of a time budget")
-    ap.add_argument("--vocab-size", type=int, default=4096, help="total vocabulary, specials included")
-    ap.add_argument("--min-char-count", type=int, default=2, help="characters rarer than this in training text become <unk>")
-    ap.add_argument("--n-embd", type=int, default=192)
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--n-head", type=int, default=4)
-    ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--seq-len", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--warmup", type=int, default=40)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--heldout-fraction", type=float, default=0.05)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--log-every", type=int, default=25)
-    ap.add_argument("--max-mb", type=float, default=6.0, help="fail if the saved folder is larger than this")
-    args = ap.parse_args(argv)
-
-    from transformers import AutoModelForCausalLM, GenerationConfig, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-    import transformers
-
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    out: Path = args.out.resolve()
-
-    # 1. text
-    t0 = time.time()
-    sources = gather_sources(args.extra_dir)
-    train_docs: list[Document] = []
-    held_docs: list[Document] = []
-    source_meta = []
-    for src in sources:
-        tr, he = split_source(src, args.heldout_fraction)
-        train_docs += tr
-        held_docs += he
+def read_corpus(extra_dir: Path | None, heldout_fraction: float) -> Corpus:
+    """Phase 1, text: every source read, cleaned and split into training and held-out documents."""
+    corpus = Corpus([], [], [])
+    for src in gather_sources(extra_dir):
+        tr, he = split_source(src, heldout_fraction)
+        corpus.train += tr
+        corpus.heldout += he
         tr_chars = sum(len(p) for d in tr for p in d.paragraphs)
         he_chars = sum(len(p) for d in he for p in d.paragraphs)
         hangul = sum(1 for d in src.documents for p in d.paragraphs for c in p if is_hangul(c))
-        source_meta.append(
+        corpus.sources.append(
             dict(
                 name=src.name,
                 origin=src.origin,
@@ -490,57 +380,160 @@ def main(argv=None) -> int:
         )
         print(f"[text] {src.name}: {len(src.documents)} docs, {src.chars():,} chars "
               f"({hangul:,} Hangul), train {tr_chars:,} / held out {he_chars:,}", flush=True)
+    return corpus
 
-    # 2. tokenizer
-    train_texts = [as_model_text(d) for d in train_docs]
-    tok, alphabet_size, distinct_chars = train_tokenizer(train_texts, args.vocab_size, args.min_char_count)
+
+# ---------------------------------------------------------------------- tokenizer
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, min_char_count: int):
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    chars = Counter(c for t in texts for c in t if c != " ")
+    alphabet = sorted(c for c, n in chars.items() if n >= min_char_count)
+    tok = Tokenizer(models.BPE(unk_token=KOGPT2_SPECIAL_TOKENS["unk_token"]))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.post_processor = None
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=sorted(KOGPT2_TOKEN_IDS, key=KOGPT2_TOKEN_IDS.get),  # each at its KoGPT2 id
+        limit_alphabet=len(alphabet) + 1,  # '▁' joins the alphabet too
+        initial_alphabet=alphabet + ["▁"],
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok, len(alphabet), len(chars)
+
+
+def check_tokenizer(out: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    tk = PreTrainedTokenizerFast.from_pretrained(out, **KOGPT2_SPECIAL_TOKENS)
+    got = {t: tk.convert_tokens_to_ids(t) for t in KOGPT2_TOKEN_IDS}
+    differ = [(t, got[t], i) for t, i in KOGPT2_TOKEN_IDS.items() if got[t] != i]
+    assert not differ, f"special token ids differ: {differ}"
+    assert (tk.bos_token_id, tk.eos_token_id, tk.pad_token_id, tk.unk_token_id, tk.mask_token_id) == (
+        BOS_ID, EOS_ID, PAD_ID, UNK_ID, MASK_ID)
+    pieces = tk.tokenize("수강신청에서 원하는 강의를")
+    assert pieces and pieces[0].startswith("▁"), pieces
+    assert tk("이 법은")["input_ids"][0] != BOS_ID, "the tokenizer must not add a BOS on encode"
+    nl_ids = tk("\n", add_special_tokens=False)["input_ids"]
+    assert all("\n" not in tk.convert_ids_to_tokens(i) for i in nl_ids), nl_ids
+    assert not any("\n" in t for t in tk.get_vocab()), "a vocabulary entry contains a newline"
+    probes = {
+        s: tk.convert_ids_to_tokens(tk(s, add_special_tokens=False)["input_ids"])
+        for s in ["수강신청에서 원하는 강의를", "첫 줄\n둘째 줄", "\n", "좋아요 😀", "KoGPT2 모델"]
+    }
+    return tk, probes
+
+
+@dataclass
+class BuiltTokenizer:
+    """The tokenizer phase's output: the tokenizer as saved and loaded back, its alphabet, and the token streams."""
+
+    tk: object  # a transformers PreTrainedTokenizerFast, loaded back from the output folder
+    alphabet_size: int
+    distinct_chars: int
+    probes: dict[str, list[str]]
+    train_stream: torch.Tensor
+    heldout_stream: torch.Tensor
+    unk_rate: float  # share of <unk> in the training stream
+
+
+def build_tokenizer(corpus: Corpus, vocab_size: int, min_char_count: int, out: Path) -> BuiltTokenizer:
+    """Phase 2, tokenizer: trained on the training text, saved into a fresh `out` (replaced), checked, then used
+    to encode the training and held-out documents."""
+    from transformers import PreTrainedTokenizerFast
+
+    started = time.time()
+    train_texts = [as_model_text(d) for d in corpus.train]
+    tok, alphabet_size, distinct_chars = train_tokenizer(train_texts, vocab_size, min_char_count)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, **TOKEN_KWARGS)
-    wrapped.save_pretrained(out)
+    PreTrainedTokenizerFast(tokenizer_object=tok, **KOGPT2_SPECIAL_TOKENS).save_pretrained(out)
     tk, probes = check_tokenizer(out)
-    vocab_size = len(tk)
-    print(f"[tokenizer] vocab {vocab_size} (alphabet {alphabet_size} of {distinct_chars} distinct characters) "
-          f"in {time.time() - t0:.1f}s", flush=True)
+    print(f"[tokenizer] vocab {len(tk)} (alphabet {alphabet_size} of {distinct_chars} distinct characters) "
+          f"in {time.time() - started:.1f}s", flush=True)
     for s, p in probes.items():
         print(f"[tokenizer] {s!r} -> {p}", flush=True)
 
-    train_stream = encode_stream(tk, train_docs)
-    held_stream = encode_stream(tk, held_docs)
+    train_stream = encode_stream(tk, corpus.train)
+    heldout_stream = encode_stream(tk, corpus.heldout)
     unk_rate = (train_stream == tk.unk_token_id).float().mean().item()
-    print(f"[data] train {len(train_stream):,} tokens, held out {len(held_stream):,} tokens, "
+    print(f"[data] train {len(train_stream):,} tokens, held out {len(heldout_stream):,} tokens, "
           f"chars/token {sum(len(t) for t in train_texts) / len(train_stream):.2f}, unk {unk_rate:.4%}", flush=True)
+    return BuiltTokenizer(tk, alphabet_size, distinct_chars, probes, train_stream, heldout_stream, unk_rate)
 
-    # 3. model
+
+def encode_stream(tk, docs: list[Document]) -> torch.Tensor:
+    ids: list[int] = []
+    for doc in docs:
+        ids.extend(tk(as_model_text(doc), add_special_tokens=False)["input_ids"])
+        ids.append(tk.eos_token_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+# -------------------------------------------------------------------------- model
+
+
+def new_model(vocab_size: int, n_embd: int, n_layer: int, n_head: int, dropout: float):
+    """Phase 3, model: a fresh GPT-2 with KoGPT2's window and special-token ids (weights from torch's seeded RNG)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     config = GPT2Config(
         vocab_size=vocab_size,
-        n_positions=1024,
-        n_embd=args.n_embd,
-        n_layer=args.n_layer,
-        n_head=args.n_head,
+        n_positions=N_POSITIONS,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
         activation_function="gelu_new",
-        resid_pdrop=args.dropout,
-        embd_pdrop=args.dropout,
-        attn_pdrop=args.dropout,
-        bos_token_id=1,
-        eos_token_id=1,
-        pad_token_id=3,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
         tie_word_embeddings=True,
     )
     model = GPT2LMHeadModel(config)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"[model] {n_params:,} parameters", flush=True)
+    print(f"[model] {parameter_count(model):,} parameters", flush=True)
+    return model
 
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------- training
+
+
+@dataclass
+class Training:
+    """The training phase's output (the model itself is trained in place)."""
+
+    steps: int
+    seconds: float
+    loss: float  # mean over the last 50 steps
+
+
+def train(model, stream: torch.Tensor, args: argparse.Namespace) -> Training:
+    """Phase 4, training: a fixed step count (--steps), or a time budget (--minutes) turned into a step count
+    after timing the first ten steps."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr, betas=(0.9, 0.95),
     )
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(SEED)
+    n_positions = model.config.n_positions
 
-    # 4. training: a fixed step count, or a time budget turned into a step count after timing a few steps
     budget_s = args.minutes * 60
     total_steps = args.steps if args.steps else 10**9
     model.train()
@@ -550,7 +543,7 @@ def main(argv=None) -> int:
     while step < total_steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, min(total_steps, 10**6), args.lr, args.warmup)
-        x, y, pos = sample_batch(train_stream, args.batch_size, args.seq_len, config.n_positions, gen)
+        x, y, pos = sample_batch(stream, args.batch_size, args.seq_len, n_positions, gen)
         logits = model(input_ids=x, position_ids=pos).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -570,25 +563,82 @@ def main(argv=None) -> int:
         if not args.steps and elapsed > budget_s * 1.1:  # machine got slower: stop anyway
             print(f"[train] time budget exceeded, stopping at step {step}", flush=True)
             break
-    train_seconds = time.time() - t_train
     tail = losses[-50:]
-    train_loss = sum(tail) / len(tail)
+    return Training(steps=step, seconds=time.time() - t_train, loss=sum(tail) / len(tail))
 
-    held_loss, held_tokens = heldout_loss(model, held_stream, args.seq_len)
-    held_loss_1024, _ = heldout_loss(model, held_stream, config.n_positions)
-    print(f"[eval] held-out loss {held_loss:.3f} ppl {math.exp(held_loss):.1f} over {held_tokens:,} tokens "
-          f"(windows of {args.seq_len}); windows of 1024: loss {held_loss_1024:.3f} ppl {math.exp(held_loss_1024):.1f}",
+
+def sample_batch(stream: torch.Tensor, batch: int, seq_len: int, n_positions: int, gen: torch.Generator):
+    starts = torch.randint(0, len(stream) - seq_len - 1, (batch,), generator=gen)
+    x = torch.stack([stream[s : s + seq_len + 1] for s in starts.tolist()])
+    offsets = torch.randint(0, n_positions - seq_len + 1, (batch, 1), generator=gen)
+    offsets[torch.rand(batch, 1, generator=gen) < 0.25] = 0
+    pos = offsets + torch.arange(seq_len)
+    return x[:, :-1], x[:, 1:], pos
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Evaluation:
+    """Held-out loss per token of the float32 weights, in non-overlapping windows starting at position 0."""
+
+    tokens: int
+    loss: float  # windows of --seq-len
+    loss_1024: float  # windows of the whole 1024 positions
+
+
+def evaluate(model, stream: torch.Tensor, seq_len: int) -> Evaluation:
+    """Phase 5a, evaluation: the held-out loss, before the float16 save."""
+    loss, tokens = heldout_loss(model, stream, seq_len)
+    loss_1024, _ = heldout_loss(model, stream, model.config.n_positions)
+    print(f"[eval] held-out loss {loss:.3f} ppl {math.exp(loss):.1f} over {tokens:,} tokens "
+          f"(windows of {seq_len}); windows of 1024: loss {loss_1024:.3f} ppl {math.exp(loss_1024):.1f}",
           flush=True)
+    return Evaluation(tokens, loss, loss_1024)
 
-    # 5. save in float16, reload in float32, sample
-    model = model.half()
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=1, pad_token_id=3)
+
+@torch.no_grad()
+def heldout_loss(model, stream: torch.Tensor, window: int) -> tuple[float, int]:
+    """Mean per-token loss over the whole stream in non-overlapping windows (positions from 0)."""
+    model.eval()
+    total, count = 0.0, 0
+    for s in range(0, len(stream) - 1, window):
+        chunk = stream[s : s + window + 1]
+        if len(chunk) < 2:
+            break
+        x, y = chunk[:-1].unsqueeze(0), chunk[1:].unsqueeze(0)
+        logits = model(input_ids=x).logits
+        total += torch.nn.functional.cross_entropy(logits[0], y[0], reduction="sum").item()
+        count += y.numel()
+    model.train()
+    return total / count, count
+
+
+def save_model(model, out: Path) -> None:
+    """The weights in float16 (the model is converted in place), with a generation config of KoGPT2's ids."""
+    from transformers import GenerationConfig
+
+    model.half()
+    model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     model.save_pretrained(out, safe_serialization=True)
+
+
+def sample_continuations(out: Path, tk) -> list[dict]:
+    """Phase 5b: the saved weights loaded back as float32, as korepl loads them, and asked to continue PROMPTS."""
+    from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     reloaded.eval()
     assert reloaded.get_input_embeddings().weight.dtype == torch.float32
-    assert reloaded.config.n_positions == 1024 and reloaded.config.pad_token_id == 3
+    assert reloaded.config.n_positions == N_POSITIONS and reloaded.config.pad_token_id == PAD_ID
     samples = []
     for prompt in PROMPTS:
         enc = tk(prompt, return_tensors="pt")
@@ -599,33 +649,43 @@ def main(argv=None) -> int:
         cont = tk.decode(gen_ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=False)
         samples.append(dict(prompt=prompt, continuation=cont))
         print(f"[sample] {prompt} ⟶ {cont}", flush=True)
+    return samples
 
-    # 6. metadata
-    meta = dict(
+
+# ----------------------------------------------------------------------- metadata
+
+
+def describe(args: argparse.Namespace, argv, corpus: Corpus, built: BuiltTokenizer, model, training: Training,
+             evaluation: Evaluation, samples: list[dict]) -> dict:
+    """Phase 6a, metadata: everything training.json records of how the model was made."""
+    import transformers
+
+    loss = evaluation.loss
+    return dict(
         what="korepl demo model: KoGPT2-kind tokenizer and a tiny GPT-2 trained for a few CPU minutes; "
         "Korean-looking text, not a useful language model",
         command="python scripts/build_demo_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        sources=source_meta,
+        sources=corpus.sources,
         text_policy="NFC, whitespace collapsed; newlines become spaces (no newline token); </s> between documents; "
         f"last {args.heldout_fraction:.0%} of each source's characters held out",
         tokenizer=dict(
             kind="BPE (tokenizers), Metaspace '▁' prepend_scheme=always split=True, no normalizer, no post-processor",
-            vocab_size=vocab_size,
-            alphabet_size=alphabet_size,
-            distinct_training_characters=distinct_chars,
+            vocab_size=len(built.tk),
+            alphabet_size=built.alphabet_size,
+            distinct_training_characters=built.distinct_chars,
             min_char_count=args.min_char_count,
-            train_unk_rate=round(unk_rate, 6),
-            probes=probes,
+            train_unk_rate=round(built.unk_rate, 6),
+            probes=built.probes,
         ),
         model=dict(
-            n_positions=1024, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
+            n_positions=N_POSITIONS, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
             activation_function="gelu_new", tie_word_embeddings=True, saved_dtype="float16",
         ),
-        vocab_size=vocab_size,
-        parameters=n_params,
+        vocab_size=len(built.tk),
+        parameters=parameter_count(model),
         training=dict(
-            steps=step,
-            seconds=round(train_seconds, 1),
+            steps=training.steps,
+            seconds=round(training.seconds, 1),
             seq_len=args.seq_len,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -634,27 +694,32 @@ def main(argv=None) -> int:
             weight_decay=args.weight_decay,
             dropout=args.dropout,
             position_offsets="each window at a random offset in 0..1024-seq_len (a quarter at 0)",
-            train_tokens=len(train_stream),
-            tokens_seen=step * args.batch_size * args.seq_len,
-            seed=0,
+            train_tokens=len(built.train_stream),
+            tokens_seen=training.steps * args.batch_size * args.seq_len,
+            seed=SEED,
             threads=args.threads,
         ),
         cpu=cpu_model(),
         torch=torch.__version__,
         transformers=transformers.__version__,
         python=platform.python_version(),
-        train_loss_last50_steps=round(train_loss, 4),
+        train_loss_last50_steps=round(training.loss, 4),
         heldout=dict(
-            tokens=held_tokens,
+            tokens=evaluation.tokens,
             window=args.seq_len,
-            loss=round(held_loss, 4),
-            perplexity=round(math.exp(held_loss), 2),
-            loss_window_1024=round(held_loss_1024, 4),
-            perplexity_window_1024=round(math.exp(held_loss_1024), 2),
+            loss=round(loss, 4),
+            perplexity=round(math.exp(loss), 2),
+            loss_window_1024=round(evaluation.loss_1024, 4),
+            perplexity_window_1024=round(math.exp(evaluation.loss_1024), 2),
             note="per token, float32 weights before the float16 save, non-overlapping windows starting at position 0",
         ),
         samples=dict(settings="greedy, repetition_penalty=2.0, max_new_tokens=40, float16 weights loaded as float32", items=samples),
     )
+
+
+def write_metadata(out: Path, meta: dict) -> float:
+    """Phase 6b: README.md and training.json (which records the folder's final size) beside the weights;
+    every file made readable by all. Returns the folder's size in MB."""
     write_readme(out, meta)
     meta_path = out / "training.json"
     meta["folder_bytes"] = 0
@@ -664,13 +729,11 @@ def main(argv=None) -> int:
     meta_path.write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     for f in out.iterdir():
         f.chmod(0o644)  # save_pretrained writes the weights 0600
-    size_mb = folder_bytes(out) / 1e6
-    print(f"[done] {out} {size_mb:.2f} MB, {n_params:,} params, {step} steps in {train_seconds:.0f}s, "
-          f"held-out ppl {math.exp(held_loss):.1f}", flush=True)
-    if size_mb > args.max_mb:
-        print(f"[error] folder is {size_mb:.2f} MB > --max-mb {args.max_mb}", file=sys.stderr)
-        return 1
-    return 0
+    return folder_bytes(out) / 1e6
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def write_readme(out: Path, meta: dict) -> None:
@@ -698,6 +761,69 @@ Training text:
 The trained weights derive from this text; KoGPT2 itself (CC-BY-NC-SA 4.0) is not used here.
 """
     (out / "README.md").write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output folder, replaced (default korepl/demo_model; with --dry-run a new temporary folder)")
+    ap.add_argument("--extra-dir", type=Path, default=None, help="unpacked libreoffice-help-ko .deb (dpkg -x … DIR)")
+    ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget (ignored with --steps)")
+    ap.add_argument("--steps", type=int, default=None, help="train exactly this many steps instead of a time budget")
+    ap.add_argument("--vocab-size", type=int, default=4096, help="total vocabulary, specials included")
+    ap.add_argument("--min-char-count", type=int, default=2, help="characters rarer than this in training text become <unk>")
+    ap.add_argument("--n-embd", type=int, default=192)
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--n-head", type=int, default=4)
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=40)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--heldout-fraction", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--max-mb", type=float, default=6.0, help="fail if the saved folder is larger than this")
+    dry = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in DRY_RUN.items())
+    ap.add_argument("--dry-run", action="store_true",
+                    help=f"check the pipeline in seconds: {dry} (each unless given), into a new temporary folder "
+                    "unless --out is given")
+    args = ap.parse_args(argv)
+    if args.dry_run:  # parsed again, so that options given on the command line still win
+        ap.set_defaults(**DRY_RUN)
+        args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="korepl-demo-dry-run-")) if args.dry_run else DEMO_MODEL_DIR
+    args.out = args.out.resolve()
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(SEED)
+    torch.set_num_threads(args.threads)
+    out: Path = args.out
+
+    corpus = read_corpus(args.extra_dir, args.heldout_fraction)
+    built = build_tokenizer(corpus, args.vocab_size, args.min_char_count, out)
+    model = new_model(len(built.tk), args.n_embd, args.n_layer, args.n_head, args.dropout)
+    training = train(model, built.train_stream, args)
+    evaluation = evaluate(model, built.heldout_stream, args.seq_len)
+    save_model(model, out)
+    samples = sample_continuations(out, built.tk)
+    meta = describe(args, argv, corpus, built, model, training, evaluation, samples)
+    size_mb = write_metadata(out, meta)
+
+    print(f"[done] {out} {size_mb:.2f} MB, {meta['parameters']:,} params, {training.steps} steps in "
+          f"{training.seconds:.0f}s, held-out ppl {math.exp(evaluation.loss):.1f}", flush=True)
+    if size_mb > args.max_mb:
+        print(f"[error] folder is {size_mb:.2f} MB > --max-mb {args.max_mb}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
