@@ -139,14 +139,14 @@ def test_newline_as_a_named_token(demo, new_session):
     assert session.settings.newline == "<unused0>"  # refused: nothing changed
 
 
-def test_min_new_tokens_holds_back_a_stop_token(kogpt2_shaped, new_session):
-    """On random weights the likeliest first token is some filler token: made a stop, it ends the turn at once."""
-    probe = new_session(kogpt2_shaped, greedy=True)
-    probe.feed("대한민국의 모든 국민은")
-    first = probe.vocab.token(int(torch.argmax(probe.next_logits())))
-    assert first in probe.vocab.added
-    session = new_session(kogpt2_shaped, greedy=True, stop=(first,), max_new_tokens=8)
+def test_min_new_tokens_holds_back_a_stop_token(demo, new_session):
+    """Where a generation stopped at a stop token, that token is again greedy's next pick: the next turn ends at
+    once, unless min_new_tokens holds the stop back."""
+    session = new_session(demo, greedy=True, stop=("</s>", "</d>"), max_new_tokens=200)
     session.feed("대한민국의 모든 국민은")
+    list(session.generate())
+    assert session.last_ending.reason == "stop-token"
+    first = session.last_ending.detail
     assert list(session.generate()) == []
     assert (session.last_ending.reason, session.last_ending.detail, session.last_ending.new_tokens) == \
         ("stop-token", first, 0)

@@ -25,10 +25,15 @@ def test_kogpt2_special_tokens(request, fixture):
 
 
 def test_kogpt2_shape(kogpt2_shaped):
-    config = kogpt2_shaped.model.config
-    assert (config.vocab_size, config.n_embd, config.n_head, config.n_positions) == (51_200, 768, 12, 1024)
-    assert config.activation_function == "gelu_new"
+    """What loading the fixture's folder gives back: KoGPT2's weight shapes and window, and a vocabulary that is
+    plain BPE beyond its 109 special entries (as KoGPT2's is), every id the model can write decoding."""
+    model, tokenizer = kogpt2_shaped.model, kogpt2_shaped.tokenizer
+    assert tuple(model.transformer.wte.weight.shape) == (51_200, 768)
+    assert tuple(model.transformer.wpe.weight.shape) == (1024, 768)
     assert kogpt2_shaped.window == 1024
+    assert len(tokenizer) == model.get_output_embeddings().weight.shape[0]
+    assert tokenizer.convert_ids_to_tokens(51_199) == "<filler51199>"
+    assert set(tokenizer.get_added_vocab()) == set(KOGPT2_IDS) | {f"<unused{i}>" for i in range(100)}
 
 
 def test_loaded_for_inference(demo):

@@ -1,0 +1,1 @@
+"""korepl's speed benchmark, and the model fixtures the tests share with it (benchmarks/README.md maps the modules)."""

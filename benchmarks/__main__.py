@@ -1,0 +1,7 @@
+"""`python -m benchmarks ...`: the same as `python benchmarks/bench.py ...`."""
+
+import sys
+
+from benchmarks.cli import main
+
+sys.exit(main())
