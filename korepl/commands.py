@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from korepl import paths, store
-from korepl.settings import FIELDS, FIELDS_BY_NAME, SAMPLERS, SettingError, Settings
+from korepl.errors import UserError
+from korepl.settings import FIELDS, FIELDS_BY_NAME, SAMPLERS, Settings
 
 
 class State(Protocol):
@@ -36,7 +37,7 @@ class State(Protocol):
     def model_settings(self) -> list[tuple[str, str]]: ...  # model, device, dtype, quantize, precision
 
 
-class CommandError(ValueError):
+class CommandError(UserError):
     """A bad argument: the message says what is allowed."""
 
 
@@ -65,10 +66,7 @@ class Command:
 
 
 def _set_field(state: State, name: str, raw: Any) -> Reply:
-    try:
-        state.settings = state.settings.with_value(name, raw)
-    except SettingError as exc:
-        raise CommandError(str(exc)) from None
+    state.settings = state.settings.with_value(name, raw)
     return info(f"{name} = {FIELDS_BY_NAME[name].show(getattr(state.settings, name))}")
 
 
@@ -87,10 +85,7 @@ def _field_command(name: str) -> Callable[[State, str], Reply]:
 def _sample(state: State, args: str) -> Reply:
     if not args:
         raise CommandError("usage: /sample softmax|uniform")
-    try:
-        state.settings = state.settings.with_values({"sampler": args, "greedy": False})
-    except SettingError as exc:
-        raise CommandError(str(exc)) from None
+    state.settings = state.settings.with_values({"sampler": args, "greedy": False})
     return info(f"sampler = {state.settings.sampler}", "greedy = off")
 
 
@@ -190,7 +185,7 @@ def _head(text: str, width: int = 40) -> str:
 
 def _undo(state: State, args: str) -> Reply:
     session = _needs_session(state)
-    undone = _session_move(session.undo)
+    undone = session.undo()
     what = {"generated": "continuation", "typed": "line", "picked": "picked token", "edited": "edit"}.get(
         undone.kind, undone.kind)
     taken = f" '{_head(undone.new_text)}'" if undone.new_text.strip() else ""
@@ -199,20 +194,20 @@ def _undo(state: State, args: str) -> Reply:
 
 def _redo(state: State, args: str) -> Reply:
     session = _needs_session(state)
-    redone = _session_move(session.redo)
+    redone = session.redo()
     return info(f"brought back '{_head(redone.new_text)}'; the text now ends: {_tail(session.text)}")
 
 
 def _retry(state: State, args: str) -> Reply:
     session = _needs_session(state)
-    return Reply(stream=_session_move(session.retry))
+    return Reply(stream=session.retry())
 
 
 def _alt(state: State, args: str) -> Reply:
     session = _needs_session(state)
     if args:
         number = _whole_number(args, "usage: /alt to list the alternatives, /alt N to switch to one")
-        chosen = _session_move(lambda: session.switch(number))
+        chosen = session.switch(number)
         return info(f"alternative {number}: the text now ends: {_tail(session.text)}", chosen.new_text)
     options = session.alternatives()
     if not options:
@@ -235,16 +230,13 @@ def _pick(state: State, args: str) -> Reply:
     number = _whole_number(args, "usage: /pick N, a number from the /peek list")
     if not 1 <= number <= 100:
         raise CommandError("usage: /pick N, a number from the /peek list (1 to 100)")
-    return Reply(stream=_session_move(lambda: session.pick(number)))
+    return Reply(stream=session.pick(number))
 
 
 def _save(state: State, args: str) -> Reply:
     session = _needs_session(state)
     path = Path(args).expanduser() if args else paths.sessions_dir() / time.strftime("session-%Y%m%d-%H%M%S.json")
-    try:
-        store.save(session, path)
-    except store.StoreError as exc:
-        raise CommandError(str(exc)) from None
+    store.save(session, path)
     return info(f"saved to {path}")
 
 
@@ -274,15 +266,6 @@ def _whole_number(text: str, usage: str) -> int:
         return int(text)
     except ValueError:
         raise CommandError(usage) from None
-
-
-def _session_move(move: Callable[[], Any]) -> Any:
-    from korepl.session import SessionError
-
-    try:
-        return move()
-    except SessionError as exc:
-        raise CommandError(str(exc)) from None
 
 
 def _quit(state: State, args: str) -> Reply:
@@ -369,7 +352,7 @@ def run_command(state: State, line: str) -> Reply:
                      error=True)
     try:
         return command.run(state, args.strip())
-    except CommandError as exc:
+    except UserError as exc:  # the one place a user's mistake becomes a message
         return Reply((str(exc),), error=True)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from korepl.errors import UserError
+
 if TYPE_CHECKING:  # torch loads with the model, in the background, so the REPL's prompt shows at once
     import torch
 
@@ -38,7 +40,7 @@ KOGPT2_SPECIAL_TOKENS = {
 }
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(UserError):
     """The model or its tokenizer cannot be had; the message is one paragraph for the user."""
 
 
@@ -98,17 +100,17 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
         raise ModelUnavailable(_paragraph(source, _first_line(exc))) from exc
     config = model.config
     try:
-        path, why = precision.resolve(dtype, quantize, target.type, config.hidden_size, config.vocab_size,
+        chosen, why = precision.resolve(dtype, quantize, target.type, config.hidden_size, config.vocab_size,
                                       paths.state_dir() / "precision.json")
     except ValueError as exc:
         raise ModelUnavailable(f"korepl: {exc}") from None
     model.eval()
     model.requires_grad_(False)
-    if path != "float32":
-        precision.apply(model, path)
+    if chosen != "float32":
+        precision.apply(model, chosen)
     model.to(target)
     name = str(local.resolve()) if local.is_dir() else source  # a folder by its full path: saved sessions find it
-    return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, precision=path,
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, precision=chosen,
                        precision_note=why)
 
 

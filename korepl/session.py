@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from korepl import sampling, turns
+from korepl.errors import UserError
 from korepl.controls import CHAT_END, CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, resolve
 from korepl.loading import LoadedModel
 from korepl.runner import make_runner
@@ -42,7 +43,7 @@ class Step:
     probability: float
 
 
-class SessionError(ValueError):
+class SessionError(UserError):
     """A move that cannot be made now (nothing to undo, no such alternative); the message is for the user."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from korepl.errors import UserError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 # A wheel carries the defaults inside the package; a source checkout has them in config/.
 DEFAULTS_CANDIDATES = (PACKAGE_DIR / "_config" / "default.toml", PACKAGE_DIR.parent / "config" / "default.toml")
@@ -24,7 +26,7 @@ JOINS = ("newline", "space", "none")
 MODES = ("write", "chat")
 
 
-class SettingError(ValueError):
+class SettingError(UserError):
     """A value that a setting does not allow; the message is meant for the user as it is."""
 
 
@@ -270,7 +272,7 @@ QUANTIZE = ("none", "int8")
 LOAD_KEYS = {"device": DEVICES, "dtype": DTYPES, "quantize": QUANTIZE}  # what to load the model with
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file that cannot be used; the message names the file, and the line or key."""
 
 

@@ -33,6 +33,7 @@ from typing import Any
 from korepl import paths, turns
 from korepl.controls import resolve
 from korepl.settings import FIELDS_BY_NAME, SettingError, Settings
+from korepl.errors import UserError
 from korepl.textin import CONTROL, ESCAPE_SEQUENCE, decode_bytes
 
 FORMAT = "korepl-session"
@@ -61,7 +62,7 @@ SESSION_TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
 FIRST_WORDS = 8
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A session file that cannot be used; the message says which file and why."""
 
 
