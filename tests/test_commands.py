@@ -125,7 +125,7 @@ def test_toolbar_shows_model_settings_context_and_speed():
     repl = Repl(dataclasses.replace(load_defaults(), model=str(DEMO_MODEL_DIR), device="cpu"), [])
     assert repl._load.done.wait(60) and repl._load.error is None
     assert "".join(fragment[1] for fragment in repl._toolbar()) == " demo │ ready"
-    assert repl.session is not None  # the loop makes it once the model is there
+    assert repl.ensure_session() is not None  # the loop makes it once the model is there
     text = "".join(fragment[1] for fragment in repl._toolbar())
     assert text == " demo │ softmax top-k 5 rep 2 max 100 │ 0/1024 tokens │ – tok/s"
     commands.run_command(repl, "/greedy")
@@ -137,7 +137,7 @@ def test_toolbar_shows_model_settings_context_and_speed():
 
 def test_a_setting_the_model_refuses_changes_nothing_in_the_repl():
     repl = Repl(dataclasses.replace(load_defaults(), model=str(DEMO_MODEL_DIR), device="cpu"), [])
-    assert repl._load.done.wait(60) and repl.session is not None
+    assert repl._load.done.wait(60) and repl.ensure_session() is not None
     reply = commands.run_command(repl, "/newline <no-such-token>")
     assert reply.error and "not one" in reply.lines[0]
     assert repl.settings.newline == "auto" and repl.session.settings.newline == "auto"
