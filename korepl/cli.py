@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -231,15 +230,7 @@ def read_resume(choice: str) -> Resume | None:
 
 
 def list_sessions() -> int:
-    from korepl import store
+    from korepl import journal
 
-    folder = paths.sessions_dir()
-    found = store.session_files(folder)
-    if not found:
-        print(f"no saved sessions in {folder}")
-        return EXIT_OK
-    print(f"sessions in {folder}, newest first (korepl --resume FILE continues one):")
-    for info in found:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.modified))
-        print(f"  {info.path.name}  {when}  {info.tokens:>6} tokens  {info.size / 1024:>7.1f} KiB  {info.first_words}")
+    print("\n".join(journal.listing(paths.sessions_dir())))
     return EXIT_OK

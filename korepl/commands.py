@@ -252,6 +252,12 @@ def _load(state: State, args: str) -> Reply:
     return info(f"loaded {args}: {len(session.ids)} tokens; the text ends: {_tail(session.text)}")
 
 
+def _sessions(state: State, args: str) -> Reply:
+    from korepl import journal
+
+    return info(*journal.listing(paths.sessions_dir()))
+
+
 def _edit(state: State, args: str) -> Reply:
     session = _needs_session(state)
     new_text = state.edit_text(session.text)
@@ -314,6 +320,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("edit", "", "open the whole text in $EDITOR; the model re-reads only what changed", _edit),
     Command("save", "[FILE]", "save the session (text, turns, settings) as JSON", _save),
     Command("load", "FILE", "load a saved session", _load),
+    Command("sessions", "", "list the saved sessions: file, date, tokens, first words", _sessions),
     Command("context", "", "show the whole text and how much of it the model sees", _context),
     Command("reset", "", "clear the text and start over (settings stay)", _reset),
     Command("help", "[COMMAND]", "list the commands, or explain one", _help),

@@ -55,6 +55,19 @@ class Journal:
         self._saved_revision = None
 
 
+def listing(folder: Path) -> list[str]:
+    """The saved sessions, newest first, a line each (`korepl --sessions`, `/sessions`)."""
+    found = store.session_files(folder)
+    if not found:
+        return [f"no saved sessions in {folder}"]
+    lines = [f"sessions in {folder}, newest first (korepl --resume FILE continues one):"]
+    for info in found:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.modified))
+        lines.append(f"  {info.path.name}  {when}  {info.tokens:>6} tokens  {info.size / 1024:>7.1f} KiB  "
+                     f"{info.first_words}")
+    return lines
+
+
 def write_crash_report(exc: BaseException) -> Path | None:
     """The traceback and the versions, in a file of the state folder; its path, or None if it cannot be written."""
     stamp = time.strftime("%Y-%m-%dT%H-%M-%S")

@@ -11,6 +11,7 @@ import random
 import re
 import resource
 import signal
+import subprocess
 import sys
 import time
 
@@ -252,3 +253,23 @@ def test_kill9_at_random_moments_loses_no_completed_turn(tmp_path):
     assert [line for line in completed if line not in context] == []
     assert final.close() == 0
     assert not list((tmp_path / "state" / "korepl" / "sessions").glob(".*.tmp"))
+
+
+def test_sessions_are_listed_from_the_command_line_and_the_repl(tmp_path):
+    first = Terminal(tmp_path)
+    first.run("/max 4")
+    first.run("첫째 이야기의 시작")
+    assert first.close() == 0
+    second = Terminal(tmp_path)
+    second.run("/max 4")
+    second.run("둘째 이야기의 시작")
+    listing = second.run("/sessions")
+    assert listing.index("둘째 이야기의 시작") < listing.index("첫째 이야기의 시작")  # newest first
+    assert second.close() == 0
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    result = subprocess.run([sys.executable, "-m", "korepl", "--sessions"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 0 and result.stderr == ""
+    rows = [line for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert len(rows) == 2 and "둘째 이야기의 시작" in rows[0] and "첫째 이야기의 시작" in rows[1]
+    assert all(re.search(r"\.json  \d{4}-\d\d-\d\d \d\d:\d\d\s+\d+ tokens\s+[\d.]+ KiB", row) for row in rows)
