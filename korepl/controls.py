@@ -30,6 +30,11 @@ class Vocabulary:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
+    def shown(self, ids: Sequence[int], newline_token: str | None = None) -> str:
+        """The text of `ids` as the writer sees it: a named newline token (the newline setting) shown as a newline."""
+        text = self.decode(ids)
+        return text.replace(newline_token + " ", "\n").replace(newline_token, "\n") if newline_token else text
+
     def token(self, token_id: int) -> str:
         return self.tokenizer.convert_ids_to_tokens(token_id)
 

@@ -1,6 +1,6 @@
 """The model and the key/value cache that goes with it: run new tokens, get the next token's logits.
 
-Two runners, one interface (`run`, `crop`, `reset`, `cached`):
+Two runners, one interface (`run`, `crop`, `reset`, `cached_len`):
 
 * `StaticRunner`, for GPT-2-family models (KoGPT2 and the demo model): the cache is preallocated once
   for the whole window, so a step writes one position in place instead of growing tensors by
@@ -28,19 +28,19 @@ class HubRunner:
     def __init__(self, model, device: torch.device):
         self.model, self.device = model, device
         self.cache = DynamicCache()
-        self.cached = 0
+        self.cached_len = 0
 
     def run(self, chunk: list[int]) -> torch.Tensor:
         input_ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
-        attention_mask = torch.ones((1, self.cached + len(chunk)), dtype=torch.long, device=self.device)
+        attention_mask = torch.ones((1, self.cached_len + len(chunk)), dtype=torch.long, device=self.device)
         try:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=self.cache, use_cache=True,
                              logits_to_keep=1)
         except BaseException:
             # Ctrl+C (or any failure) inside the forward pass may leave some layers longer than others.
-            self.crop(self.cached)
+            self.crop(self.cached_len)
             raise
-        self.cached += len(chunk)
+        self.cached_len += len(chunk)
         return out.logits[0, -1].float()
 
     def crop(self, length: int) -> None:
@@ -48,11 +48,11 @@ class HubRunner:
             excess = layer.get_seq_length() - length
             if excess > 0:
                 layer.crop(-excess)
-        self.cached = min(self.cached, length)
+        self.cached_len = min(self.cached_len, length)
 
     def reset(self) -> None:
         self.cache = DynamicCache()
-        self.cached = 0
+        self.cached_len = 0
 
 
 class StaticRunner:
@@ -75,7 +75,7 @@ class StaticRunner:
         self.layer_keys, self.layer_values = self.keys.unbind(0), self.values.unbind(0)
         self.no_input = torch.zeros((1, 1, 1), dtype=dtype, device=device)  # baddbmm wants one even with beta=0
         self.positions = torch.arange(window, device=device)
-        self.cached = 0
+        self.cached_len = 0
 
     @staticmethod
     def supports(model) -> bool:
@@ -85,16 +85,16 @@ class StaticRunner:
                 and not config.add_cross_attention and not config.reorder_and_upcast_attn)
 
     def run(self, chunk: list[int]) -> torch.Tensor:
-        # Positions past `cached` may hold a half-written step after Ctrl+C: they are simply overwritten.
+        # Positions past `cached_len` may hold a half-written step after Ctrl+C: they are simply overwritten.
         with torch.inference_mode():
             hidden = self._step(chunk[0]) if len(chunk) == 1 else self._prefill(chunk)
             logits = self.lm_head(self.ln_f(hidden[-1:]))
-        self.cached += len(chunk)
+        self.cached_len += len(chunk)
         return logits[0].float()
 
     def _step(self, token: int) -> torch.Tensor:
         """One token, the hot path: as few ops as possible, since each costs microseconds of dispatch."""
-        position, end = self.cached, self.cached + 1
+        position, end = self.cached_len, self.cached_len + 1
         hidden = (self.wte.weight[token] + self.wpe.weight[position]).view(1, -1)
         for layer, keys, values in zip(self.layers, self.layer_keys, self.layer_values):
             query, key, value = layer.c_attn(layer.ln_1(hidden)).view(3, self.heads, 1, self.head_dim).unbind(0)
@@ -109,7 +109,7 @@ class StaticRunner:
 
     def _prefill(self, chunk: list[int]) -> torch.Tensor:
         """Several tokens at once, each seeing the cache and the tokens before it."""
-        start, end = self.cached, self.cached + len(chunk)
+        start, end = self.cached_len, self.cached_len + len(chunk)
         ids = torch.tensor(chunk, dtype=torch.long, device=self.device)
         hidden = self.wte(ids) + self.wpe(self.positions[start:end])  # [tokens, width]
         shape = (end - start, self.heads, self.head_dim)
@@ -128,10 +128,10 @@ class StaticRunner:
         return hidden
 
     def crop(self, length: int) -> None:
-        self.cached = min(self.cached, length)
+        self.cached_len = min(self.cached_len, length)
 
     def reset(self) -> None:
-        self.cached = 0
+        self.cached_len = 0
 
 
 class _Layer:

@@ -1,18 +1,33 @@
-"""Pure functions on one next-token logits vector: the transforms, then the pick.
+"""The pick step on one next-token logits vector: the transforms, then the pick.
 
-Order and semantics follow Hugging Face `generate`: repetition penalty, then temperature, top-k and
-top-p, then the pick.  Greedy is the argmax after the penalty, which is what `generate(do_sample=False)`
-does, so greedy ids match it exactly.  Nothing here knows about sessions or models.
+The bodies are pure functions whose order and semantics follow Hugging Face `generate`: repetition
+penalty, the bans (repeated n-grams, bad words, stop tokens before min_new_tokens, suppressed
+tokens), then temperature, top-k and top-p, then the pick.  Greedy is the argmax after the penalty
+and bans, which is what `generate(do_sample=False)` does, so greedy ids match it exactly.
+
+`processors` builds, once per settings change, the list of those transforms that the settings ask
+for (as HF's LogitsProcessorList: each a small callable, applied in order); `PickStep` runs it, picks,
+and picks again when the chosen token would write a banned word some other way.  Nothing here knows
+about sessions or models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from korepl.settings import Settings
+
+if TYPE_CHECKING:
+    from korepl.controls import Controls
+
+# Tokens of recent text checked for a banned word that the chosen token would complete.
+BAN_LOOKBACK = 16
+# How many picks in a row may be turned away for writing a banned word (in practice one or two are).
+MAX_BAN_REPICKS = 64
 
 
 def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -78,9 +93,15 @@ def scores(logits: torch.Tensor, history: torch.Tensor, settings: Settings, bann
     Their softmax is the model's probability of each next token under the settings (what /peek shows).
     """
     logits = apply_repetition_penalty(logits.float(), history, settings.repetition_penalty)
-    if banned:
-        logits = logits.index_fill(0, torch.tensor(sorted(set(banned)), device=logits.device), float("-inf"))
+    logits = ban(logits, banned)
     return logits if settings.greedy else logits / settings.temperature
+
+
+def ban(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
+    """`logits` with the `banned` ids at -inf (they cannot be picked)."""
+    if not banned:
+        return logits
+    return logits.index_fill(0, torch.tensor(sorted(set(banned)), device=logits.device), float("-inf"))
 
 
 def choose(logits: torch.Tensor, history: torch.Tensor, settings: Settings, generator: torch.Generator,
@@ -89,7 +110,11 @@ def choose(logits: torch.Tensor, history: torch.Tensor, settings: Settings, gene
 
     `history`: the ids the repetition penalty counts; `banned`: ids that may not be picked at all.
     """
-    logits = scores(logits, history, settings, banned)
+    return pick(scores(logits, history, settings, banned), settings, generator)
+
+
+def pick(logits: torch.Tensor, settings: Settings, generator: torch.Generator) -> Choice:
+    """Pick from logits the transforms have made (`scores`): greedy's argmax, or a draw from top-k and top-p."""
     if settings.greedy:
         token_id = int(torch.argmax(logits))
         return Choice(token_id, float(torch.softmax(logits, dim=-1)[token_id]))
@@ -120,3 +145,93 @@ def make_generator(seed: int | None) -> torch.Generator:
     else:
         generator.manual_seed(seed)
     return generator
+
+
+# --- the transforms as a list, built once per settings change --------------------------------------
+
+
+class At(NamedTuple):
+    """Where a pick happens: the whole context's ids, where the model's view starts, how many ids this
+    generation has added so far."""
+
+    ids: Sequence[int]
+    view_start: int
+    new_tokens: int = 0
+
+
+Processor = Callable[[torch.Tensor, At], torch.Tensor]
+
+
+def penalty_ids(ids: Sequence[int], view_start: int, last: int | None) -> Sequence[int]:
+    """The ids the repetition penalty counts: what the model sees, or only its `last` ids."""
+    return ids[view_start if last is None else max(view_start, len(ids) - last):]
+
+
+class Processors:
+    """The transforms, in order, over float logits (HF's LogitsProcessorList.__call__)."""
+
+    def __init__(self, steps: Sequence[Processor]):
+        self.steps = tuple(steps)
+
+    def __call__(self, logits: torch.Tensor, at: At) -> torch.Tensor:
+        scores = logits.float()
+        for step in self.steps:
+            scores = step(scores, at)
+        return scores
+
+
+def processors(settings: Settings, controls: Controls, device: torch.device | str = "cpu") -> Processors:
+    """The transforms `settings` ask for, as `controls` spell them in ids, in Hugging Face's order."""
+    steps: list[Processor] = []
+    penalty, last = settings.repetition_penalty, settings.repetition_window
+    if penalty != 1.0:
+        steps.append(lambda scores, at: apply_repetition_penalty(
+            scores, torch.tensor(penalty_ids(at.ids, at.view_start, last), dtype=torch.long, device=device), penalty))
+    n = settings.no_repeat_ngram_size
+    if n > 0:
+        steps.append(lambda scores, at: ban(scores, no_repeat_ngram_bans(at.ids[at.view_start:], n)))
+    sequences = controls.ban_sequences
+    if sequences:
+        steps.append(lambda scores, at: ban(scores, bad_words_bans(at.ids[at.view_start:], sequences)))
+    minimum, stops = settings.min_new_tokens, sorted(controls.stop_ids)
+    if minimum > 0 and stops:
+        steps.append(lambda scores, at: ban(scores, min_new_tokens_bans(at.new_tokens, minimum, stops)))
+    if controls.suppress_ids:
+        suppress = torch.tensor(sorted(controls.suppress_ids), device=device)
+        steps.append(lambda scores, at: scores.index_fill(0, suppress, float("-inf")))
+    if not settings.greedy:
+        temperature = settings.temperature
+        steps.append(lambda scores, at: scores / temperature)
+    return Processors(steps)
+
+
+class PickStep:
+    """One pick under one Settings+Controls: processors, then the pick, then a pick again (without it)
+    while the chosen token would write a banned word that the banned id sequences did not catch."""
+
+    def __init__(self, settings: Settings, controls: Controls, decode: Callable[[Sequence[int]], str],
+                 device: torch.device | str = "cpu"):
+        self.settings = settings
+        self.processors = processors(settings, controls, device)
+        self.ban_texts = controls.ban_texts
+        self.decode = decode  # ids -> the text the writer sees
+
+    def scores(self, logits: torch.Tensor, at: At) -> torch.Tensor:
+        """The logits the pick works on; their softmax is each next token's probability (what /peek shows)."""
+        return self.processors(logits, at)
+
+    def __call__(self, logits: torch.Tensor, at: At, generator: torch.Generator) -> Choice:
+        scores = self.processors(logits, at)
+        for _ in range(MAX_BAN_REPICKS):
+            choice = pick(scores, self.settings, generator)
+            if not self.writes_banned_text(at.ids, choice.token_id):
+                break
+            scores = ban(scores, [choice.token_id])  # a banned word spelt some other way: pick again without it
+        return choice
+
+    def writes_banned_text(self, ids: Sequence[int], token_id: int) -> bool:
+        if not self.ban_texts:
+            return False
+        tail = list(ids[-BAN_LOOKBACK:])
+        before, after = self.decode(tail), self.decode(tail + [token_id])
+        return any(after.count(word) > before.count(word) for word in self.ban_texts)

@@ -1,15 +1,15 @@
-"""The session owns the truth: the context's token ids and the KV cache that matches them.
+"""The session owns the truth: the writer's text, the turn tree, and the moves between its turns.
 
-Feeding text encodes only that text and leaves it pending; the next forward pass runs the model over
-only the pending tokens, with the cache.  Generating is one forward pass over one token per step.
-The model sees a window of the context (`view_start` onwards): when the next step would overflow its
-positions, the view slides to the most recent part and the cache is rebuilt with one prefill, because
-learned absolute positions (KoGPT2's) cannot be shifted.  The full context is never lost.
+Feeding text encodes only that text; the context (korepl/context.py) keeps the ids and the KV cache in
+step and runs only what is pending.  Generating is one forward pass over one token per step, each
+token chosen by the pick step (korepl/sampling.py) built from the settings.  A move (undo, redo,
+retry, /alt, pick, edit) makes a turn's ids the context's with `Context.become`; every change worth
+keeping becomes a turn of the tree (korepl/turns.py), which holds ids and text, never tensors.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,21 +17,14 @@ import torch
 
 from korepl import sampling, turns
 from korepl.errors import UserError
+from korepl.context import Context
 from korepl.controls import CHAT_END, CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, resolve
 from korepl.loading import LoadedModel
-from korepl.runner import make_runner
 from korepl.settings import Settings
-from korepl.stream import TextGate
+from korepl.stream import REPLACEMENT_CHAR, StreamDecoder, TextGate
 
 # A mid-word join re-encodes the last word with the new text; words longer than this are left alone.
 MAX_REJOIN_TOKENS = 16
-# Tokens of recent text checked for a banned word that the chosen token would complete.
-BAN_LOOKBACK = 16
-# How many picks in a row may be turned away for writing a banned word (in practice one or two are).
-MAX_BAN_REPICKS = 64
-# Turns whose next-token logits are kept, so that undo, redo and /alt between recent turns run no model.
-# Bounded: a logits vector is 200 KB at KoGPT2's vocabulary, too much to keep for every turn of a long session.
-LOGITS_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -71,18 +64,13 @@ class Session:
         self.vocab = Vocabulary(loaded.tokenizer)
         self.window = loaded.window
         self.revision = 0  # counts changes worth saving (turns, moves, settings): the journal saves when it moves
+        self.context = Context(loaded)  # the ids, the model's view of them and the KV cache
         self.settings = settings  # validated against this tokenizer; `generate` follows it
-        self.ids: list[int] = []  # the whole context
         self.text = ""  # the writer's text: what was fed (newlines kept) and what was generated
-        self.view_start = 0  # the model sees ids[view_start:]
-        self.tokens_run = 0  # tokens passed through the model so far (tests and benchmarks read it)
-        self.slides = 0
         self.last_ending: Ending | None = None
-        # The model and its KV cache, which holds ids[view_start : view_start + runner.cached].
-        self._runner = make_runner(loaded.model, loaded.device)
-        self._logits: torch.Tensor | None = None  # next-token logits after the cached ids
         self.root = self.turn = turns.start()  # the tree of turns, and where the text stands in it
-        self._turn_logits: OrderedDict[turns.Turn, tuple[int, torch.Tensor]] = OrderedDict()  # recent turns only
+        self._turn_size = (0, 0)  # the current turn's (ids, characters)
+        self._unchanged_chars = 0  # leading characters of the text as they are in the current turn
 
     @property
     def settings(self) -> Settings:
@@ -91,13 +79,42 @@ class Session:
     @settings.setter
     def settings(self, value: Settings) -> None:
         """Take new settings; SettingError (nothing changed) when this tokenizer cannot follow them."""
-        self.controls: Controls = resolve(self.vocab, value)
+        controls = resolve(self.vocab, value)
+        self.controls: Controls = controls
+        # The pick step is built once here, not per token: the transforms the settings ask for, in order.
+        decode = functools.partial(self.vocab.shown, newline_token=controls.newline_token)
+        self._pick = sampling.PickStep(value, controls, decode, self.loaded.device)
         if getattr(self, "_settings", None) is None or value.seed != self._settings.seed:
             # One random stream per seed: each continuation, retry and empty line draws on from it, so a
             # fixed seed makes a whole session reproducible without making every retry the same.
             self._generator = sampling.make_generator(value.seed)
+        self.context.keep = value.window_keep
         self._settings = value
         self.revision += 1
+
+    # --- the context, as the rest of korepl reads it -------------------------------------------------
+
+    @property
+    def ids(self) -> list[int]:
+        """The whole context's ids (the model sees ids[view_start:])."""
+        return self.context.ids
+
+    @property
+    def view_start(self) -> int:
+        return self.context.view_start
+
+    @property
+    def slides(self) -> int:
+        return self.context.slides
+
+    @property
+    def tokens_run(self) -> int:
+        return self.context.tokens_run
+
+    @property
+    def pending(self) -> int:
+        """Tokens in the context that the model has not run over yet."""
+        return self.context.pending
 
     # --- text <-> ids ---------------------------------------------------------------------------
 
@@ -106,9 +123,7 @@ class Session:
 
     def decode(self, ids: list[int]) -> str:
         """The text of `ids` as the writer sees it (a newline token shown as a newline)."""
-        text = self.vocab.decode(ids)
-        token = self.controls.newline_token
-        return text.replace(token + " ", "\n").replace(token, "\n") if token else text
+        return self.vocab.shown(ids, self.controls.newline_token)
 
     def model_text(self, text: str) -> str:
         """What the model is given for `text`: newlines follow the newline setting (never <unk>)."""
@@ -123,14 +138,11 @@ class Session:
         model_text = self.model_text(text)
         rejoin = self._rejoin_start(model_text)
         if rejoin < len(self.ids):
-            tail = self.model_text(self.decode(self.ids[rejoin:]))
-            self._truncate(rejoin)
-            new_ids = self.encode(tail + model_text)
+            new_ids = self.encode(self.model_text(self.decode(self.ids[rejoin:])) + model_text)
         else:
             new_ids = self.encode(model_text)
-        self.ids.extend(new_ids)
+        self.context.replace_tail(rejoin, new_ids)
         self.text += text
-        self._fit_view()
         return len(new_ids)
 
     def add_line(self, line: str) -> int:
@@ -159,72 +171,25 @@ class Session:
                 return index
         return len(self.ids)
 
-    def _truncate(self, length: int) -> None:
-        """Drop ids from `length` on, cropping the cache to match (no model run)."""
-        if length >= len(self.ids):
-            return
-        del self.ids[length:]
-        keep_cached = max(0, length - self.view_start)
-        if keep_cached < self._runner.cached:
-            self._runner.crop(keep_cached)
-            self._logits = None
-        if length <= self.view_start:  # nothing of the view is left: look at the context from its start
-            self._reset_view(0)
-
     # --- the model --------------------------------------------------------------------------------
-
-    @property
-    def pending(self) -> int:
-        """Tokens in the context that the model has not run over yet."""
-        return len(self.ids) - self.view_start - self._runner.cached
 
     def next_logits(self) -> torch.Tensor:
         """Logits for the token after the context, running only what is pending (and sliding if full)."""
         if not self.ids:
             self._seed_empty_context()
-        if self.pending == 0:
-            if self._logits is not None:
-                return self._logits
-            self._runner.crop(self._runner.cached - 1)  # after a crop: re-run the last token for its logits
-        if self._runner.cached + self.pending > self.window:
-            self._slide()
-        self._run(self.ids[self.view_start + self._runner.cached:])
-        return self._logits
+        return self.context.next_logits()
 
     def _seed_empty_context(self) -> None:
         """Nothing to continue from: start from the beginning-of-text token, as `generate` would."""
         bos = self.tokenizer.bos_token_id
         if bos is None:
             raise SessionError("the text is empty and this model has no beginning-of-text token: type something first")
-        self.ids.append(bos)
-
-    def _slide(self) -> None:
-        keep = max(1, int(self.window * self.settings.window_keep))
-        self._reset_view(len(self.ids) - keep)
-        self.slides += 1
-
-    def _fit_view(self) -> None:
-        """Keep the promise that the model's view is never longer than its window (slide when it would be)."""
-        if len(self.ids) - self.view_start > self.window:
-            self._slide()
-
-    def _reset_view(self, view_start: int) -> None:
-        self.view_start = view_start
-        self._runner.reset()
-        self._logits = None
-
-    def _run(self, chunk: list[int]) -> None:
-        if not chunk:
-            return
-        self._logits = self._runner.run(chunk)
-        self.tokens_run += len(chunk)
+        self.context.append(bos)
 
     def penalty_history(self) -> torch.Tensor:
         """The ids the repetition penalty counts: what the model sees, or its last `repetition_window`."""
-        start = self.view_start
-        if self.settings.repetition_window is not None:
-            start = max(start, len(self.ids) - self.settings.repetition_window)
-        return torch.tensor(self.ids[start:], dtype=torch.long, device=self.loaded.device)
+        ids = sampling.penalty_ids(self.ids, self.view_start, self.settings.repetition_window)
+        return torch.tensor(ids, dtype=torch.long, device=self.loaded.device)
 
     # --- generating -----------------------------------------------------------------------------
 
@@ -235,7 +200,7 @@ class Session:
         ends for any reason, Ctrl+C included, tokens whose text was not shown are dropped, so the
         context always equals what was shown.
         """
-        settings, controls = self.settings, self.controls
+        settings, controls, context, pick = self.settings, self.controls, self.context, self._pick
         if not self.ids:
             self._seed_empty_context()
         generator = self._generator
@@ -243,18 +208,19 @@ class Session:
         start = kept = len(self.ids)  # ids before `kept` are shown
         ending = Ending("interrupted")
         try:
-            self.next_logits()
-            self._remember_logits()  # so that undoing this continuation needs no model run
+            context.next_logits()
+            context.remember(self.turn)  # so that undoing this continuation needs no model run
             while len(self.ids) - start < settings.max_new_tokens:
-                choice = self._choose(generator, new_tokens=len(self.ids) - start)
+                logits = context.next_logits()  # first: it may slide the view
+                choice = pick(logits, sampling.At(self.ids, context.view_start, len(self.ids) - start), generator)
                 if choice.token_id in controls.stop_ids:
                     ending = Ending("stop-token", self.vocab.token(choice.token_id))
                     break
-                self.ids.append(choice.token_id)
+                context.append(choice.token_id)
                 text = gate.push(choice.token_id)
                 kept = start + gate.shown_ids
                 if text:
-                    yield self._show(Step(choice.token_id, text, choice.probability))
+                    yield self._append_text(Step(choice.token_id, text, choice.probability))
                 if gate.stopped_by is not None:
                     ending = Ending("stop-text", gate.stopped_by)
                     break
@@ -262,7 +228,7 @@ class Session:
                 ending = Ending("max-tokens")
             if ending.reason == "stop-text":
                 # The stop text began inside a token: keep the text before it, re-encoded on its own.
-                self._truncate(kept)
+                context.truncate(kept)
                 if gate.stop_prefix:
                     self.feed(gate.stop_prefix)
                     kept = len(self.ids)
@@ -271,10 +237,10 @@ class Session:
                 text = gate.finish()
                 kept = start + gate.shown_ids
                 if text:
-                    yield self._show(Step(self.ids[-1], text, 1.0))
+                    yield self._append_text(Step(self.ids[-1], text, 1.0))
         finally:
-            self._truncate(kept)
-            self._fit_view()
+            context.truncate(kept)
+            context.fit_view()
             self.last_ending = Ending(ending.reason, ending.detail, len(self.ids) - start)
             try:
                 if ending.reason != "interrupted":
@@ -282,37 +248,8 @@ class Session:
             finally:
                 self._record("generated")
 
-    def _bans(self, new_tokens: int) -> list[int]:
-        """Ids that may not come next: repeated n-grams, banned words, stop tokens before min_new_tokens."""
-        settings, controls = self.settings, self.controls
-        history = self.ids[self.view_start:]
-        banned = sampling.no_repeat_ngram_bans(history, settings.no_repeat_ngram_size)
-        banned += sampling.bad_words_bans(history, controls.ban_sequences)
-        banned += sampling.min_new_tokens_bans(new_tokens, settings.min_new_tokens, sorted(controls.stop_ids))
-        banned += controls.suppress_ids
-        return banned
-
-    def _choose(self, generator, new_tokens: int) -> sampling.Choice:
-        """One pick under the settings; a pick that would write a banned word some other way is picked again."""
-        settings = self.settings
-        banned = self._bans(new_tokens)
-        logits, history = self.next_logits(), self.penalty_history()
-        for _ in range(MAX_BAN_REPICKS):
-            choice = sampling.choose(logits, history, settings, generator, banned)
-            if not self._writes_banned_text(choice.token_id):
-                break
-            banned.append(choice.token_id)  # a banned word spelt some other way: pick again without it
-        return choice
-
-    def _writes_banned_text(self, token_id: int) -> bool:
-        if not self.controls.ban_texts:
-            return False
-        tail = self.ids[-BAN_LOOKBACK:]
-        before, after = self.decode(tail), self.decode(tail + [token_id])
-        return any(after.count(word) > before.count(word) for word in self.controls.ban_texts)
-
-    def _show(self, step: Step) -> Step:
-        """Record shown text in the writer's text; a text's very first words get no leading space."""
+    def _append_text(self, step: Step) -> Step:
+        """Add a step's text to the writer's text; a text's very first words get no leading space."""
         if not self.text:
             step = Step(step.token_id, step.text.lstrip(), step.probability)
         self.text += step.text
@@ -321,39 +258,35 @@ class Session:
     # --- exploring: the turn tree -------------------------------------------------------------
 
     def _record(self, kind: str) -> None:
-        """Make the current text a turn of its own (nothing when it did not change)."""
-        grown = turns.grow(self.turn, kind, self.ids, self.text)
-        if grown is not self.turn:
-            self.turn = grown
-            self.revision += 1
-            self._remember_logits()
+        """Make the current text a turn of its own (nothing when it did not change).
+
+        The turn is stored as what changed since the current turn, which the context and the text
+        tracked on the way: no turn's whole state is rebuilt.
+        """
+        keep_ids, keep_chars = self.context.unchanged, self._unchanged_chars
+        if (keep_ids, keep_chars) == self._turn_size == (len(self.ids), len(self.text)):
+            return
+        self._at_turn(turns.grow(self.turn, kind, keep_ids, self.ids[keep_ids:], keep_chars, self.text[keep_chars:]))
+        self.context.remember(self.turn)
+
+    def _at_turn(self, turn: turns.Turn) -> None:
+        """The context and text now are `turn`'s: start tracking changes from it."""
+        self.turn = turn
+        self.revision += 1
+        self.context.mark()
+        self._unchanged_chars = len(self.text)
+        self._turn_size = (len(self.ids), len(self.text))
 
     def checkpoint(self) -> None:
         """Make text fed outside a move (feed alone) a turn of its own."""
         self._record("typed")
 
-    def _remember_logits(self) -> None:
-        if self.pending == 0 and self._logits is not None:
-            self._turn_logits[self.turn] = (self.view_start, self._logits)
-            self._turn_logits.move_to_end(self.turn)
-            while len(self._turn_logits) > LOGITS_KEPT:
-                self._turn_logits.popitem(last=False)
-        else:
-            self._turn_logits.pop(self.turn, None)
-
     def go_to(self, target: turns.Turn) -> None:
-        """Make `target`'s text the context: crop the cache to what the two share; run only the rest."""
-        ids = target.ids()
-        common = turns.common_prefix(self.ids, ids)
-        self._truncate(common)
-        self.ids.extend(ids[common:])
+        """Make `target`'s text the context: the cache is cropped to what the two share; only the rest runs."""
+        self.context.become(target.ids())
         self.text = target.text()
-        self.turn = target
-        self.revision += 1
-        self._fit_view()
-        known = self._turn_logits.get(target)
-        if self.pending == 0 and known is not None and known[0] == self.view_start:
-            self._logits = known[1]  # known from when the turn was made: no model run at all
+        self._at_turn(target)
+        self.context.recall(target)  # its logits, when known from when the turn was made: no model run at all
 
     def undo(self) -> turns.Turn:
         """Take back the last turn (a continuation, then the line before it); the cache is cropped."""
@@ -393,13 +326,13 @@ class Session:
         return self.turn
 
     def peek(self, count: int) -> list[Candidate]:
-        """The `count` likeliest next tokens under the current settings.  Changes nothing."""
+        """The `count` likeliest next tokens, as the pick step scores them under the settings.  Changes nothing."""
         empty = not self.ids
         try:
-            logits = sampling.scores(self.next_logits(), self.penalty_history(), self.settings, self._bans(0))
+            logits = self._pick.scores(self.next_logits(), sampling.At(self.ids, self.view_start))
         finally:
             if empty:  # next_logits started from the beginning-of-text token: take it back
-                self._truncate(0)
+                self.context.truncate(0)
         probs = torch.softmax(logits, dim=-1)
         values, ids = torch.topk(probs, min(count, probs.shape[-1]))
         return [Candidate(int(i), self.vocab.token(int(i)), float(p)) for p, i in zip(values, ids) if p > 0]
@@ -409,10 +342,12 @@ class Session:
         candidate = self.peek(number)[number - 1]
         if candidate.token_id in self.controls.stop_ids:
             raise SessionError(f"candidate {number} is the stop token {candidate.token}: nothing to add")
-        before = self.decode(self.ids[-8:])
-        self.ids.append(candidate.token_id)
-        piece = self.decode(self.ids[-9:])[len(before):]
-        step = self._show(Step(candidate.token_id, piece, candidate.probability))
+        piece = StreamDecoder(self.decode, self.ids).push(candidate.token_id)
+        if not piece and REPLACEMENT_CHAR in self.decode([candidate.token_id]):
+            # Its text would be half a character, which nothing shown may end in.
+            raise SessionError(f"candidate {number} ({candidate.token}) is only part of a character: pick another")
+        self.context.append(candidate.token_id)
+        step = self._append_text(Step(candidate.token_id, piece, candidate.probability))
         self._record("picked")
         return self._then_generate(step)
 
@@ -425,20 +360,20 @@ class Session:
         ids = self.encode(self.model_text(new_text))
         if self.ids[:1] == [self.tokenizer.bos_token_id] and ids[:1] != self.ids[:1]:
             ids = self.ids[:1] + ids  # keep a beginning-of-text token the session started from
-        common = turns.common_prefix(self.ids, ids)
-        self._truncate(common)
-        self.ids.extend(ids[common:])
+        self.context.become(ids)
+        self._unchanged_chars = min(self._unchanged_chars, turns.common_prefix(self.text, new_text))
         self.text = new_text
-        self._fit_view()
         self._record("edited")
         return self.pending  # what the model will re-read (more than the changed tail if the view must reset)
 
     def replace_state(self, settings: Settings, root: turns.Turn, current: turns.Turn, view_start: int) -> None:
         """Take a whole saved state (checked by the caller); the cache is rebuilt with one prefill."""
         self.settings = settings
-        self.root, self.turn = root, current
-        self.ids, self.text = current.ids(), current.text()
-        self.revision += 1
-        self._turn_logits.clear()
-        self._reset_view(view_start)
-        self._fit_view()
+        self.root = root
+        context = self.context
+        context.forget()
+        context.ids = current.ids()
+        context.reset_view(view_start)
+        context.fit_view()
+        self.text = current.text()
+        self._at_turn(current)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,6 @@ class Turn:
     new_text: str
     children: list[Turn] = field(default_factory=list, repr=False)
     last_child: Turn | None = field(default=None, repr=False)  # where /redo goes
-    logits: Any = field(default=None, repr=False)  # next-token logits after this turn, when known (never saved)
 
     def ids(self) -> list[int]:
         """The whole context's ids at this turn (in time linear in the depth plus the length)."""
@@ -80,17 +79,12 @@ def start() -> Turn:
     return Turn("start", None, 0, (), 0, "")
 
 
-def grow(parent: Turn, kind: str, ids: list[int], text: str) -> Turn:
-    """A child of `parent` for the state (ids, text), stored as the difference from the parent's.
-
-    When the state is the parent's own, no child is made and `parent` is returned.
+def grow(parent: Turn, kind: str, keep_ids: int, new_ids: Sequence[int], keep_chars: int, new_text: str) -> Turn:
+    """A child of `parent` that keeps the first `keep_ids` ids and `keep_chars` characters of the
+    parent's state and adds `new_ids` and `new_text`.  It costs what it adds, not the parent's state:
+    the caller, which has that state, says what changed.
     """
-    old_ids, old_text = parent.ids(), parent.text()
-    if old_ids == ids and old_text == text:
-        return parent
-    keep_ids = common_prefix(old_ids, ids)
-    keep_chars = common_prefix(old_text, text)
-    child = Turn(kind, parent, keep_ids, tuple(ids[keep_ids:]), keep_chars, text[keep_chars:])
+    child = Turn(kind, parent, keep_ids, tuple(new_ids), keep_chars, new_text)
     parent.children.append(child)
     parent.last_child = child
     return child

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from korepl import session as session_module
+from korepl import context as context_module
 from korepl.runner import HubRunner
 
 
@@ -13,7 +13,7 @@ from korepl.runner import HubRunner
 def runner(request, monkeypatch):
     """Every test runs on both runners: GPT-2's preallocated cache and transformers' DynamicCache."""
     if request.param == "hub":
-        monkeypatch.setattr(session_module, "make_runner", HubRunner)
+        monkeypatch.setattr(context_module, "make_runner", HubRunner)
     return request.param
 
 
@@ -85,8 +85,8 @@ def test_window_slide_rebuilds_cache_over_recent_part(demo, new_session):
 def test_slide_during_generation(demo, new_session):
     session = new_session(demo, max_new_tokens=40, seed=11, stop=(), window_keep=0.75)
     session.feed(" ".join(["국회는 법률에 저촉되지 아니하는 범위안에서 의사와 내부규율에 관한 규칙을 제정할 수 있다."] * 60))
-    session._truncate(demo.window - 10)
-    session._reset_view(0)  # just under the window, with the view from the start
+    session.context.truncate(demo.window - 10)
+    session.context.reset_view(0)  # just under the window, with the view from the start
     slides = session.slides  # feeding more than the window slid the view already
     session.next_logits()
     assert session.slides == slides
@@ -112,7 +112,7 @@ def test_interrupt_inside_forward_leaves_cache_consistent(demo, new_session, run
         handle = demo.model.transformer.h[2].mlp.register_forward_pre_hook(interrupt_on_fifth_call)
         undo = handle.remove
     else:
-        layer = session._runner.layers[2]
+        layer = session.context.runner.layers[2]
         original = layer.c_fc
         layer.c_fc = lambda x: interrupt_on_fifth_call() or original(x)
         undo = lambda: setattr(layer, "c_fc", original)  # noqa: E731
@@ -135,5 +135,5 @@ def test_crop_then_logits_rerun_last_token(demo, new_session):
     session.feed("헌법개정은 국회재적의원 과반수 또는 대통령의 발의로 제안된다.")
     drain(session)
     session.next_logits()
-    session._truncate(len(session.ids) - 5)
+    session.context.truncate(len(session.ids) - 5)
     assert_cache_matches(session)

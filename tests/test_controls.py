@@ -153,3 +153,26 @@ def test_min_new_tokens_holds_back_a_stop_token(demo, new_session):
     session.settings = dataclasses.replace(session.settings, min_new_tokens=3)
     list(session.generate())
     assert session.last_ending.new_tokens >= 3
+
+
+@pytest.mark.parametrize("changes", [
+    dict(greedy=True),
+    dict(greedy=True, repetition_penalty=1.7, repetition_window=12),
+    dict(greedy=False, temperature=0.7, repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=4,
+         ban=("대통령", "국회")),
+    dict(greedy=False, temperature=1.4, no_repeat_ngram_size=1, ban=("법률",)),
+])
+@pytest.mark.parametrize("new_tokens", [0, 3, 9])
+def test_processor_list_equals_the_transforms_composed_by_hand(demo, new_session, changes, new_tokens):
+    """The list built once per settings change gives exactly what penalty, bans and temperature give in one go."""
+    session = new_session(demo, stop=("</s>",), **changes)
+    session.feed("대한민국의 국회는 국회의 법률에 따라 대통령은 국회의 법률에 따라")
+    logits, settings, controls = session.next_logits(), session.settings, session.controls
+    history = session.ids[session.view_start:]
+    banned = (sampling.no_repeat_ngram_bans(history, settings.no_repeat_ngram_size)
+              + sampling.bad_words_bans(history, controls.ban_sequences)
+              + sampling.min_new_tokens_bans(new_tokens, settings.min_new_tokens, sorted(controls.stop_ids))
+              + list(controls.suppress_ids))
+    expected = sampling.scores(logits, session.penalty_history(), settings, banned)
+    processors = sampling.processors(settings, controls)
+    assert torch.equal(processors(logits, sampling.At(session.ids, session.view_start, new_tokens)), expected)

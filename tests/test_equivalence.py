@@ -17,7 +17,7 @@ PROMPTS = [
 
 def korepl_greedy(new_session, loaded, prompt: str, max_new_tokens: int) -> list[int]:
     session = new_session(loaded, greedy=True, repetition_penalty=2.0, max_new_tokens=max_new_tokens, stop=())
-    assert isinstance(session._runner, StaticRunner)  # korepl's own lean step, not the model's forward
+    assert isinstance(session.context.runner, StaticRunner)  # korepl's own lean step, not the model's forward
     session.feed(prompt)
     start = len(session.ids)
     for _ in session.generate():

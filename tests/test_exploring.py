@@ -256,3 +256,34 @@ def test_chat_mode_closes_each_answer_with_end_of_text(demo, new_session):
     usr = demo.tokenizer.convert_tokens_to_ids("<usr>")
     second = len(session.ids) - 1 - session.ids[::-1].index(usr)
     assert session.ids[second - 1] == 1  # </s> ends the first answer before the next <usr>
+
+
+def test_recording_a_turn_never_rebuilds_a_turn_from_the_root(demo, new_session, monkeypatch):
+    """A turn is stored as what changed since the current one, which the session tracked: O(the change)."""
+    from korepl import turns
+
+    session = new_session(demo, seed=5, max_new_tokens=6, stop=())
+    session.add_line("대한민국의 모든 국민은")
+    drain(session)
+    recorded = {}
+
+    def refuse(*_):
+        raise AssertionError("a turn's whole state was rebuilt")
+
+    monkeypatch.setattr(turns.Turn, "ids", refuse)
+    monkeypatch.setattr(turns.Turn, "text", refuse)
+    for line in ("국가는", "헌법개정은 국회재적의원"):
+        session.add_line(line)
+        recorded[session.turn] = (list(session.ids), session.text)
+        drain(session)
+        recorded[session.turn] = (list(session.ids), session.text)
+    session.feed("또는")  # joins inside the last word: its tokens are re-encoded
+    session.checkpoint()
+    recorded[session.turn] = (list(session.ids), session.text)
+    session.edit(session.text[:-8] + " 바꾼 끝")
+    recorded[session.turn] = (list(session.ids), session.text)
+    monkeypatch.undo()
+    assert len(recorded) == 6
+    for turn, state in recorded.items():
+        assert (turn.ids(), turn.text()) == state
+    assert session.ids == session.encode(session.model_text(session.text))
