@@ -150,6 +150,49 @@ def test_an_internal_error_saves_reports_and_goes_on(tmp_path):
     assert term.close() == 0
 
 
+
+SLOW_RESUME = """
+import time
+import korepl.store as store
+real_restore = store.restore
+def slow_restore(session, data, source):
+    print("RESTORING", flush=True)
+    time.sleep(2)
+    real_restore(session, data, source)
+store.restore = slow_restore
+from korepl.cli import main
+raise SystemExit(main(["--demo", "--resume"]))
+"""
+
+
+def test_ctrl_c_while_the_session_resumes_waits_for_it(tmp_path):
+    first = Terminal(tmp_path)
+    first.run("/max 5")
+    first.run("대한민국의 모든 국민은")
+    context = context_of(first)
+    assert first.close() == 0
+    env = dict(os.environ, TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
+               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"))
+    child = pexpect.spawn(sys.executable, ["-c", SLOW_RESUME], env=env, encoding="utf-8", dimensions=(40, 160),
+                          timeout=60, cwd=os.getcwd())
+    term = Terminal.__new__(Terminal)
+    term.child, term.log = child, ""
+    term.until(PROMPT)
+    for _ in range(240):  # commands answer while the model loads; the first after it resumes the session
+        term.send("/topk 4")
+        if child.expect([PROMPT, "RESTORING"]) == 1:
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError("the session did not resume")
+    time.sleep(0.3)
+    child.sendcontrol("c")  # while the saved session is being restored
+    out = term.until(PROMPT, timeout=30)
+    assert "Traceback" not in out  # Ctrl+C waited for the session to be made, then stopped what asked for it
+    assert context_of(term) == context  # the session was resumed whole, not left empty
+    assert "resumed " in term.log
+    assert term.close() == 0
+
 def test_two_processes_on_one_state_folder_keep_both(tmp_path):
     first, second = Terminal(tmp_path), Terminal(tmp_path)
     first.run("/max 5")

@@ -170,6 +170,19 @@ def test_a_cp949_line_is_read_as_korean(term):
     assert not bracketed_paste_on(term.raw.text)
 
 
+
+def test_a_cp949_line_is_kept_in_the_history_as_korean(term, tmp_path):
+    send_bytes(term, "가나다".encode("cp949") + b"\r")
+    term.until(PROMPT, timeout=30)
+    assert term.close() == 0
+    history = (tmp_path / "state" / "korepl" / "history").read_text(encoding="utf-8")
+    assert "+가나다\n" in history and "?" not in history  # prompt_toolkit alone would have written '??????'
+    again = Terminal(tmp_path)
+    again.child.send("\x1b[A\x1b[A")  # Up twice: past wait_ready's /context, to the line
+    again.run("")
+    assert "가나다" in again.run("/context")
+    assert again.close() == 0
+
 # --- the parts on their own: korepl.terminal on a bare pty, replay into a prompt on a pipe ---------------
 
 

@@ -100,6 +100,16 @@ def test_settings_commands(term):
     assert term.close() == 0
 
 
+
+def test_settings_name_the_session_file(term, tmp_path):
+    assert re.search(r"session file\s+\(none yet: the first text makes it\)\n", term.run("/settings"))
+    term.run("/max 5")
+    term.run("대한민국")
+    [path] = (tmp_path / "state" / "korepl" / "sessions").glob("*.json")
+    assert re.search(rf"session file\s+{re.escape(str(path))}\n", term.run("/settings"))
+    assert term.close() == 0
+    assert f"saved to {path}" in ANSI.sub("", term.child.before).replace("\n", "")
+
 def test_ctrl_c_stops_a_long_generation_and_keeps_the_text(term):
     term.run("/max 4096")
     assert "stop = (none)" in term.run("/stop del </s>") + term.run("/stop del </d>")
