@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
+import hypothesis
 from hypothesis import given, strategies as st
 from prompt_toolkit.document import Document
 
@@ -142,3 +144,54 @@ def test_a_setting_the_model_refuses_changes_nothing_in_the_repl():
     assert reply.error and "not one" in reply.lines[0]
     assert repl.settings.newline == "auto" and repl.session.settings.newline == "auto"
     assert commands.run_command(repl, "/topk 3").lines == ("top_k = 3",)
+
+
+class SessionState:
+    """The REPL's side of the commands with a real session on the demo model: a refused setting changes nothing."""
+
+    def __init__(self, session):
+        self.session, self.load_error, self.quitting = session, None, False
+
+    @property
+    def settings(self):
+        return self.session.settings
+
+    @settings.setter
+    def settings(self, value):
+        self.session.settings = value
+
+    def reset(self):
+        pass
+
+    def quit(self):
+        self.quitting = True
+
+    def edit_text(self, text):
+        return text + " 그리고"
+
+    def model_settings(self):
+        return [("model", "demo")]
+
+
+@hypothesis.settings(max_examples=80, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@given(st.one_of(
+    st.tuples(st.sampled_from(NAMES), st.text(max_size=20)).map(lambda p: f"/{p[0]} {p[1]}"),
+    st.tuples(st.sampled_from(NAMES), st.integers(-3, 200)).map(lambda p: f"/{p[0]} {p[1]}"),
+    st.sampled_from(NAMES).map(lambda name: "/" + name),
+))
+def test_any_command_line_with_a_real_session_keeps_it_whole(demo, new_session, tmp_path, line):
+    """The fuzz above, with the model loaded: every command reaches the session, none breaks it."""
+    session = new_session(demo, max_new_tokens=4, seed=1)
+    session.add_line("대한민국의 모든 국민은")
+    list(session.generate())
+    state, folder = SessionState(session), os.getcwd()
+    os.chdir(tmp_path)  # a /save with a random name writes here
+    try:
+        reply = commands.run_command(state, line)
+        if reply.stream is not None:
+            list(reply.stream)
+    finally:
+        os.chdir(folder)
+    assert all(isinstance(x, str) for x in reply.lines)
+    assert session.text == session.turn.text() and session.ids == session.turn.ids()
+    assert len(session.ids) - session.view_start <= session.window

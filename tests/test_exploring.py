@@ -287,3 +287,10 @@ def test_recording_a_turn_never_rebuilds_a_turn_from_the_root(demo, new_session,
     for turn, state in recorded.items():
         assert (turn.ids(), turn.text()) == state
     assert session.ids == session.encode(session.model_text(session.text))
+
+
+def test_the_model_fact_the_pty_stop_test_relies_on(demo, new_session):
+    """test_repl_pty's 'a turn that ends at once' needs greedy's first token after 제1조 to be '▁①'."""
+    session = new_session(demo, greedy=True)
+    session.feed("제1조")
+    assert session.peek(1)[0].token == "▁①"
