@@ -248,7 +248,6 @@ def _load(state: State, args: str) -> Reply:
         store.restore(session, store.read_file(Path(args).expanduser()), args)
     except store.StoreError as exc:
         raise CommandError(f"{exc}; the current session is unchanged") from None
-    state.settings = session.settings
     return info(f"loaded {args}: {len(session.ids)} tokens; the text ends: {_tail(session.text)}")
 
 

@@ -108,7 +108,7 @@ class Repl:
     """The REPL's state (what commands and the toolbar read) and its read loop."""
 
     def __init__(self, config: Config, notices: list[str], resume=None):
-        self._settings = config.decoding
+        self._settings = config.decoding  # until the session exists; then the session owns them
         self._chosen = set(config.chosen)  # settings the user set (file, flags, commands): they beat a resume
         self.model_label = "demo" if Path(config.model) == DEMO_MODEL_DIR else config.model
         self._load = BackgroundLoad(config)
@@ -130,15 +130,17 @@ class Repl:
 
     @property
     def settings(self) -> Settings:
-        return self._settings
+        """The settings in force, read live: the session's once it exists (one owner), before that the REPL's."""
+        return self._session.settings if self._session is not None else self._settings
 
     @settings.setter
     def settings(self, value: Settings) -> None:
+        old = dataclasses.asdict(self.settings)
         if self._session is not None:
             self._session.settings = value  # may refuse (SettingError): then nothing changes
-        old = dataclasses.asdict(self._settings)
+        else:
+            self._settings = value
         self._chosen |= {name for name, item in dataclasses.asdict(value).items() if old[name] != item}
-        self._settings = value
 
     @property
     def session(self):
@@ -223,7 +225,6 @@ class Repl:
             session.settings = dataclasses.replace(session.settings, **chosen)
         except SettingError as exc:  # a choice this session's tokenizer cannot follow
             self._notices.append(f"korepl: {exc}; keeping the resumed session's settings")
-        self._settings = session.settings
         self._notices.append(f"resumed {resume.path}: {len(session.ids)} tokens; the text ends: "
                              f"{session.text[-60:]}")
 
@@ -337,7 +338,7 @@ class Repl:
             for each in reply.lines:
                 say(each, "error" if reply.error else "")
             if reply.stream is not None:
-                self.last_speed = self._printer.continuation(self.session, reply.stream, self._settings.probs)
+                self.last_speed = self._printer.continuation(self.session, reply.stream, self.settings.probs)
         else:
             self._write(line)
 
@@ -350,7 +351,7 @@ class Repl:
             if added > session.window:
                 say(f"[the text is {len(session.ids)} tokens, more than the model's window of "
                     f"{session.window}: all of it is kept, and the model sees the most recent part]", "note")
-        self.last_speed = self._printer.continuation(session, session.generate(), self._settings.probs)
+        self.last_speed = self._printer.continuation(session, session.generate(), self.settings.probs)
 
     def edit_text(self, text: str) -> str | None:
         """Open `text` in $VISUAL or $EDITOR (vi when neither is set); the edited text, or None if unchanged."""
