@@ -37,8 +37,8 @@ def apply(model, path: str):
 def to_int8(model):
     """Every linear layer, GPT-2's Conv1D ones and the output projection included, as dynamic int8.
 
-    Layer by layer, so that only one float32 copy (Conv1D's [in, out] turned to [out, in]) lives at a time:
-    converting the whole model first and quantizing after peaked at 1.45 GB on KoGPT2's shape, this at 1.0 GB.
+    Layer by layer, so that only one float32 copy (Conv1D's [in, out] turned to [out, in]) lives at a time,
+    rather than a converted copy of the whole model before quantizing.
     """
     from torch import nn
     from transformers.pytorch_utils import Conv1D

@@ -10,8 +10,8 @@ Two runners, one interface (`run`, `crop`, `reset`, `cached_len`):
   that float32 greedy ids still equal Hugging Face `generate`'s.
 * `HubRunner`, for any other causal LM: the model's own forward with a transformers `DynamicCache`.
 
-Measured on KoGPT2's shape (2 threads): Hugging Face's forward spent about 5 ms of a 30 ms step outside
-the products (mask building, cache concatenation, dispatch); this step takes about 24 ms.
+Why a step of its own: Hugging Face's forward spends part of each one-token step outside the
+products (mask building, cache concatenation, dispatch); `benchmarks/` measures the difference.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class StaticRunner:
             query, key, value = layer.c_attn(layer.ln_1(hidden)).view(3, self.heads, 1, self.head_dim).unbind(0)
             keys[:, position:end] = key
             values[:, position:end] = value
-            # One query: two batched products beat SDPA's kernel 2-3x (19 vs 36 us at 100 cached).
+            # One query: two batched products beat SDPA's kernel on the CPUs measured (see benchmarks/).
             scores = torch.baddbmm(self.no_input, query, keys[:, :end].transpose(1, 2), beta=0, alpha=layer.scaling)
             attended = torch.bmm(torch.softmax(scores, dim=-1), values[:, :end])
             hidden = hidden + layer.attn_proj(attended.view(1, -1))
@@ -152,7 +152,7 @@ def _linear(module):
     """A linear layer as the one op it runs, without the module call around it (the same numbers).
 
     GPT-2's Conv1D is an addmm over [in, out] weights; an int8 layer is torch's dynamic-quantized linear
-    op on its packed weights (calling it without the module took KoGPT2's int8 step from 13.2 to 9.0 ms).
+    op on its packed weights, called without the module wrapper, which costs a noticeable share of the step.
     """
     if isinstance(module, Conv1D):
         weight, bias = module.weight, module.bias

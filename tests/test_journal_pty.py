@@ -44,6 +44,28 @@ def killed(term: Terminal) -> None:
     term.child.close()
 
 
+def spawn(home, *args: str, **kwargs) -> pexpect.spawn:
+    """`korepl ARGS` in a pty, not waited on (Terminal waits for the model)."""
+    return spawn_python(home, None, *args, **kwargs)
+
+
+def spawn_python(home, code: str | None, *args: str, **kwargs) -> pexpect.spawn:
+    """`python -c CODE` (a fault injected before korepl runs), or `python -m korepl ARGS`, in a pty."""
+    env = dict(os.environ, TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
+               XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"))
+    argv = ["-c", code] if code is not None else ["-m", "korepl", *args]
+    return pexpect.spawn(sys.executable, argv, env=env, encoding="utf-8", dimensions=(40, 160), timeout=60,
+                         cwd=os.getcwd(), **kwargs)
+
+
+def attach(child: pexpect.spawn) -> Terminal:
+    """A Terminal around a process spawned here, at its first prompt."""
+    term = Terminal.__new__(Terminal)
+    term.child, term.log = child, ""
+    term.until(PROMPT)
+    return term
+
+
 def test_each_turn_is_on_disk_before_the_next_prompt(tmp_path):
     term = Terminal(tmp_path)
     assert sessions(tmp_path) == []  # no text yet, no file
@@ -130,13 +152,7 @@ raise SystemExit(main(["--demo"]))
 
 
 def test_an_internal_error_saves_reports_and_goes_on(tmp_path):
-    env = dict(os.environ, TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
-               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"))
-    child = pexpect.spawn(sys.executable, ["-c", CRASHING], env=env, encoding="utf-8", dimensions=(40, 160),
-                          timeout=60, cwd=os.getcwd())
-    term = Terminal.__new__(Terminal)
-    term.child, term.log = child, ""
-    term.until(PROMPT)
+    term = attach(spawn_python(tmp_path, CRASHING))
     term.run("/max 6")
     term.run("대한민국의 모든 국민은")
     out = term.run("/context")
@@ -148,7 +164,6 @@ def test_an_internal_error_saves_reports_and_goes_on(tmp_path):
     [path] = sessions(tmp_path)
     assert saved_text(path).startswith("대한민국의 모든 국민은")
     assert term.close() == 0
-
 
 
 SLOW_RESUME = """
@@ -171,13 +186,8 @@ def test_ctrl_c_while_the_session_resumes_waits_for_it(tmp_path):
     first.run("대한민국의 모든 국민은")
     context = context_of(first)
     assert first.close() == 0
-    env = dict(os.environ, TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
-               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"))
-    child = pexpect.spawn(sys.executable, ["-c", SLOW_RESUME], env=env, encoding="utf-8", dimensions=(40, 160),
-                          timeout=60, cwd=os.getcwd())
-    term = Terminal.__new__(Terminal)
-    term.child, term.log = child, ""
-    term.until(PROMPT)
+    child = spawn_python(tmp_path, SLOW_RESUME)
+    term = attach(child)
     for _ in range(240):  # commands answer while the model loads; the first after it resumes the session
         term.send("/topk 4")
         if child.expect([PROMPT, "RESTORING"]) == 1:
@@ -232,10 +242,7 @@ def test_a_full_disk_keeps_the_previous_file_whole(tmp_path):
     def small_disk():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    child = spawn(tmp_path, "--demo", "--resume", preexec_fn=small_disk)
-    full = Terminal.__new__(Terminal)
-    full.child, full.log = child, ""
-    full.until(PROMPT)
+    full = attach(spawn(tmp_path, "--demo", "--resume", preexec_fn=small_disk))
     full.wait_ready()
     out = full.run("국민은 " * 80)
     assert "could not save the session" in out and "Traceback" not in out
@@ -246,12 +253,6 @@ def test_a_full_disk_keeps_the_previous_file_whole(tmp_path):
     assert not list((tmp_path / "state" / "korepl" / "sessions").glob(".*.tmp"))
 
 
-def spawn(home, *args: str, **kwargs) -> pexpect.spawn:
-    """`korepl ARGS` in a pty, not waited on (Terminal waits for the model)."""
-    env = dict(os.environ, TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
-               XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"))
-    return pexpect.spawn(sys.executable, ["-m", "korepl", *args], env=env, encoding="utf-8", dimensions=(40, 160),
-                         timeout=60, **kwargs)
 
 
 def test_kill9_at_random_moments_loses_no_completed_turn(tmp_path):

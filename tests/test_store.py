@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from korepl import store, turns
+from test_exploring import KILLED_WRITER
 
 REPO = Path(__file__).resolve().parent.parent
 CONSTITUTION = "대한민국의 모든 국민은 법률이 정하는 바에 의하여 국방의 의무를 진다. "
@@ -1005,15 +1006,6 @@ def test_temporary_files_are_named_for_their_process(good_data, tmp_path):
     assert store.read_file(tmp_path / "s.json")["format"] == store.FORMAT
 
 
-KILLED_WRITER = """
-import sys
-from korepl import store
-path, padding = sys.argv[1], int(sys.argv[2])
-data = store.read_file(path)
-data["padding"] = "가" * padding
-while True:
-    store.write(path, data)
-"""
 
 
 def dead_pid():
