@@ -7,6 +7,7 @@ import torch
 
 from korepl import context as context_module
 from korepl.runner import HubRunner
+from benchmarks.fixtures import drain
 
 
 @pytest.fixture(autouse=True, params=["static", "hub"])
@@ -25,10 +26,6 @@ def full_forward_logits(loaded, ids: list[int]) -> torch.Tensor:
 def assert_cache_matches(session) -> None:
     expected = full_forward_logits(session.loaded, session.ids[session.view_start:])
     torch.testing.assert_close(session.next_logits(), expected, rtol=1e-4, atol=1e-4)
-
-
-def drain(session) -> str:
-    return "".join(step.text for step in session.generate())
 
 
 def test_appends_and_generations_keep_cache_in_step(demo, new_session):

@@ -16,6 +16,7 @@ from transformers.generation.logits_process import SuppressTokensLogitsProcessor
 
 from korepl import sampling, store
 from korepl.session import SessionError
+from benchmarks.fixtures import drain
 
 
 def fresh_logits(loaded, new_session, text):
@@ -26,12 +27,6 @@ def fresh_logits(loaded, new_session, text):
 
 def close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
-def drain(source):
-    """Run a continuation to its end: a session's next one, or the steps /retry or /pick started."""
-    steps = source.generate() if hasattr(source, "generate") else source
-    return "".join(step.text for step in steps)
 
 
 @pytest.fixture

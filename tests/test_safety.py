@@ -8,12 +8,9 @@ import pytest
 
 from korepl import store
 from korepl.session import SessionError
+from benchmarks.fixtures import drain
 
 LONG_LINE = "국회는 법률에 저촉되지 아니하는 범위안에서 의사와 내부규율에 관한 규칙을 제정할 수 있다. " * 12
-
-
-def drain(steps) -> str:
-    return "".join(step.text for step in steps)
 
 
 def test_no_special_token_is_ever_written(demo, new_session):

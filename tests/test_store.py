@@ -25,16 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from korepl import store, turns
+from benchmarks.fixtures import drain
 from test_exploring import KILLED_WRITER
 
 REPO = Path(__file__).resolve().parent.parent
 CONSTITUTION = "대한민국의 모든 국민은 법률이 정하는 바에 의하여 국방의 의무를 진다. "
-
-
-def drain(source):
-    """Run a continuation to its end: a session's next one, or the steps /retry or /pick started."""
-    steps = source.generate() if hasattr(source, "generate") else source
-    return "".join(step.text for step in steps)
 
 
 def snapshot(session):
