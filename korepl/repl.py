@@ -176,6 +176,7 @@ class Repl:
         if self._session is not None:
             self._save()  # what was written stays in its own file
             self.journal.start_new_file()
+            self._settings = self._session.settings  # settings stay; the next session starts from them
             self._session = None
             self.last_speed = None
             self._printer.forget_session()

@@ -195,3 +195,14 @@ def test_any_command_line_with_a_real_session_keeps_it_whole(demo, new_session, 
     assert all(isinstance(x, str) for x in reply.lines)
     assert session.text == session.turn.text() and session.ids == session.turn.ids()
     assert len(session.ids) - session.view_start <= session.window
+
+
+def test_settings_survive_a_reset():
+    repl = Repl(dataclasses.replace(load_defaults(), model=str(DEMO_MODEL_DIR), device="cpu"), [])
+    assert repl._load.done.wait(60) and repl.ensure_session() is not None
+    commands.run_command(repl, "/ban add 있다")
+    commands.run_command(repl, "/topk 7")
+    commands.run_command(repl, "/reset")
+    assert repl.ensure_session() is not None and repl.session.text == ""
+    assert (repl.settings.ban, repl.settings.top_k) == (("있다",), 7)
+    assert repl.session.settings is repl.settings
