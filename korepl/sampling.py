@@ -87,16 +87,6 @@ class Choice:
     probability: float  # the model's probability of this token after penalty and temperature
 
 
-def scores(logits: torch.Tensor, history: torch.Tensor, settings: Settings, banned: Sequence[int] = ()) -> torch.Tensor:
-    """The logits the pick works on: repetition penalty, bans (-inf), then temperature unless greedy.
-
-    Their softmax is the model's probability of each next token under the settings (what /peek shows).
-    """
-    logits = apply_repetition_penalty(logits.float(), history, settings.repetition_penalty)
-    logits = ban(logits, banned)
-    return logits if settings.greedy else logits / settings.temperature
-
-
 def ban(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
     """`logits` with the `banned` ids at -inf (they cannot be picked)."""
     if not banned:
@@ -104,17 +94,8 @@ def ban(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
     return logits.index_fill(0, torch.tensor(sorted(set(banned)), device=logits.device), float("-inf"))
 
 
-def choose(logits: torch.Tensor, history: torch.Tensor, settings: Settings, generator: torch.Generator,
-           banned: Sequence[int] = ()) -> Choice:
-    """Pick the next token from one logits vector under `settings`.
-
-    `history`: the ids the repetition penalty counts; `banned`: ids that may not be picked at all.
-    """
-    return pick(scores(logits, history, settings, banned), settings, generator)
-
-
 def pick(logits: torch.Tensor, settings: Settings, generator: torch.Generator) -> Choice:
-    """Pick from logits the transforms have made (`scores`): greedy's argmax, or a draw from top-k and top-p."""
+    """Pick from logits the processors have made: greedy's argmax, or a draw from top-k and top-p."""
     if settings.greedy:
         token_id = int(torch.argmax(logits))
         return Choice(token_id, float(torch.softmax(logits, dim=-1)[token_id]))

@@ -173,6 +173,9 @@ def test_processor_list_equals_the_transforms_composed_by_hand(demo, new_session
               + sampling.bad_words_bans(history, controls.ban_sequences)
               + sampling.min_new_tokens_bans(new_tokens, settings.min_new_tokens, sorted(controls.stop_ids))
               + list(controls.suppress_ids))
-    expected = sampling.scores(logits, session.penalty_history(), settings, banned)
+    # By hand, in one go: the penalty, every ban at -inf, then the temperature (unless greedy).
+    expected = sampling.ban(sampling.apply_repetition_penalty(logits.float(), session.penalty_history(),
+                                                              settings.repetition_penalty), banned)
+    expected = expected if settings.greedy else expected / settings.temperature
     processors = sampling.processors(settings, controls)
     assert torch.equal(processors(logits, sampling.At(session.ids, session.view_start, new_tokens)), expected)

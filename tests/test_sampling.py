@@ -13,6 +13,7 @@ from transformers.generation.logits_process import (
 )
 
 from korepl import sampling
+from korepl.controls import Controls
 
 VOCAB = 64
 
@@ -55,13 +56,22 @@ def test_top_k_keeps_what_hf_keeps(case, k):
     assert set(ids.tolist()) == set(torch.nonzero(torch.isfinite(theirs)).flatten().tolist())
 
 
+NO_CONTROLS = Controls(frozenset(), (), (), (), " ", None, frozenset())
+
+
+def choose(logits, history, settings, generator) -> sampling.Choice:
+    """korepl's pick step on one logits vector, with `history` as the ids the model sees (no bans, no stops)."""
+    step = sampling.PickStep(settings, NO_CONTROLS, decode=lambda ids: "")
+    return step(logits, sampling.At(history.tolist(), 0), generator)
+
+
 @hsettings(max_examples=60)
 @given(logits_and_history(), st.integers(1, 10), st.sampled_from(["softmax", "uniform"]),
        st.floats(0.2, 3.0), st.integers(0, 2**32))
 def test_top_k_never_leaves_the_k_best(defaults, case, k, sampler, temperature, seed):
     logits, history = case
     settings = dataclasses.replace(defaults, top_k=k, sampler=sampler, temperature=temperature, top_p=1.0)
-    choice = sampling.choose(logits, history, settings, sampling.make_generator(seed))
+    choice = choose(logits, history, settings, sampling.make_generator(seed))
     penalised = sampling.apply_repetition_penalty(logits, history, settings.repetition_penalty)
     kth_best = torch.topk(penalised, k).values[-1]
     assert penalised[choice.token_id] >= kth_best
@@ -74,8 +84,8 @@ def test_top_k_one_equals_greedy(defaults, case, seed):
     sampled = dataclasses.replace(defaults, greedy=False, top_k=1)
     greedy = dataclasses.replace(defaults, greedy=True)
     generator = sampling.make_generator(seed)
-    assert sampling.choose(logits, history, sampled, generator).token_id == \
-        sampling.choose(logits, history, greedy, generator).token_id
+    assert choose(logits, history, sampled, generator).token_id == \
+        choose(logits, history, greedy, generator).token_id
 
 
 def test_uniform_pick_reaches_every_one_of_the_k(defaults):
@@ -85,7 +95,7 @@ def test_uniform_pick_reaches_every_one_of_the_k(defaults):
     logits[best] = torch.tensor([20.0, 2.0, 1.5, 1.0, 0.5])
     settings = dataclasses.replace(defaults, top_k=5, sampler="uniform", repetition_penalty=1.0)
     generator = sampling.make_generator(0)
-    picks = [sampling.choose(logits, torch.tensor([], dtype=torch.long), settings, generator).token_id
+    picks = [choose(logits, torch.tensor([], dtype=torch.long), settings, generator).token_id
              for _ in range(400)]
     assert set(picks) == set(best.tolist())
     assert min(picks.count(t) for t in best.tolist()) > 40  # roughly even: 80 each expected
@@ -96,7 +106,7 @@ def test_softmax_pick_follows_probabilities(defaults):
     logits[[1, 2]] = torch.tensor([0.0, -2.0])  # p = 0.88 and 0.12
     settings = dataclasses.replace(defaults, top_k=2, sampler="softmax", repetition_penalty=1.0)
     generator = sampling.make_generator(0)
-    picks = [sampling.choose(logits, torch.tensor([], dtype=torch.long), settings, generator).token_id
+    picks = [choose(logits, torch.tensor([], dtype=torch.long), settings, generator).token_id
              for _ in range(500)]
     assert 380 < picks.count(1) < 490
 

@@ -15,7 +15,6 @@ from benchmarks.workload import greedy_settings, prefilled_session
 from korepl import sampling
 from korepl.loading import LoadedModel
 from korepl.session import Session
-from korepl.settings import Settings
 
 LINE_SOURCE = "오늘 배운 내용을 바탕으로 다음 주까지 짧은 글을 한 편 써서 제출하고, 궁금한 점은 게시판에 남겨 주세요."
 
@@ -44,18 +43,16 @@ class Ttft(Result):
                        f"korepl_ttft_{list(self.by_context)[-1]}_over_ttft_0": self.growth}}
 
 
-def korepl_first_token(session: Session, line: str, generator) -> int:
+def korepl_first_token(session: Session, line: str, step: sampling.PickStep, generator) -> int:
     session.feed(f" {line}" if session.ids else line)
-    logits = session.next_logits()
-    return sampling.choose(logits, session.penalty_history(), session.settings, generator).token_id
+    return step(session.next_logits(), sampling.At(session.ids, session.view_start), generator).token_id
 
 
-def rerun_first_token(loaded: LoadedModel, ids: list[int], settings: Settings, generator) -> int:
+def rerun_first_token(loaded: LoadedModel, ids: list[int], step: sampling.PickStep, generator) -> int:
     """A tool without a kept cache: one forward over the whole context and the line (last position's logits)."""
     input_ids = torch.tensor([ids], dtype=torch.long, device=loaded.device)
     logits = loaded.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits[0, -1].float()
-    history = torch.tensor(ids, dtype=torch.long, device=loaded.device)
-    return sampling.choose(logits, history, settings, generator).token_id
+    return step(logits, sampling.At(ids, 0), generator).token_id
 
 
 def measure(bench: Bench) -> Ttft:
@@ -68,10 +65,12 @@ def measure(bench: Bench) -> Ttft:
         korepl_times, rerun_times = [], []
         for repeat in range(plan.repeats + 1):  # the first round is a warm-up
             session = prefilled_session(loaded, context, settings)
+            # korepl's own pick (its processors, then the pick) for both, built outside the timing
+            step = sampling.PickStep(session.settings, session.controls, session.decode, loaded.device)
             generator = sampling.make_generator(0)
-            seconds, korepl_pick = timed(lambda: korepl_first_token(session, line, generator), loaded.device)
+            seconds, korepl_pick = timed(lambda: korepl_first_token(session, line, step, generator), loaded.device)
             ids = list(session.ids)
-            rerun_s, rerun_pick = timed(lambda: rerun_first_token(loaded, ids, settings, sampling.make_generator(0)),
+            rerun_s, rerun_pick = timed(lambda: rerun_first_token(loaded, ids, step, sampling.make_generator(0)),
                                         loaded.device)
             if repeat:
                 korepl_times.append(seconds)
