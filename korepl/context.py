@@ -73,6 +73,13 @@ class Context:
         if length <= self.view_start:  # nothing of the view is left: look at the context from its start
             self.reset_view(0)
 
+    def restore(self, ids: Sequence[int], view_start: int) -> None:
+        """Take saved ids and view whole; the cache is rebuilt with one prefill, and nothing remembered applies."""
+        self.forget()
+        self.ids = list(ids)
+        self.reset_view(view_start)
+        self.fit_view()
+
     def mark(self) -> None:
         """Start counting `unchanged` ids afresh (the ids are now a recorded state)."""
         self.unchanged = len(self.ids)

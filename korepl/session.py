@@ -370,10 +370,6 @@ class Session:
         """Take a whole saved state (checked by the caller); the cache is rebuilt with one prefill."""
         self.settings = settings
         self.root = root
-        context = self.context
-        context.forget()
-        context.ids = current.ids()
-        context.reset_view(view_start)
-        context.fit_view()
+        self.context.restore(current.ids(), view_start)
         self.text = current.text()
         self._at_turn(current)
