@@ -102,7 +102,7 @@ def config_from_args(args: argparse.Namespace, base: Config) -> Config:
 
 def clean_args(args: argparse.Namespace, notices: list[str]) -> None:
     """Text given as flags (the prompt, stop texts, banned words) made clean: any bytes, never a traceback."""
-    for name in ("prompt", "stop", "ban"):
+    for name in ("prompt", "stop", "stop_keep", "ban", "memory"):
         value = getattr(args, name, None)
         if isinstance(value, str):
             setattr(args, name, _clean(value, f"--{name}", notices))

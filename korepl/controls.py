@@ -69,6 +69,17 @@ class Controls:
 CHAT_USER, CHAT_SYSTEM, CHAT_END = "<usr>", "<sys>", "</s>"
 
 
+def readable(text: str) -> str:
+    """The text as the writer reads it (screen, /context, export): chat markup stays in the ids, not here.
+
+    A chat turn `<usr>line<sys>answer</s>` reads as "> line" on a line of its own, then the answer.
+    """
+    if CHAT_USER not in text:
+        return text
+    out = text.replace(CHAT_END + CHAT_USER, CHAT_USER).replace(CHAT_USER, "\n> ").replace(CHAT_SYSTEM, "\n")
+    return out.removeprefix("\n")
+
+
 def resolve(vocab: Vocabulary, settings: Settings) -> Controls:
     stop_ids = {vocab.added[s] for s in settings.stop if s in vocab.added}
     if settings.mode == "chat":

@@ -18,7 +18,7 @@ import torch
 from korepl import sampling, turns
 from korepl.errors import UserError
 from korepl.context import Context
-from korepl.controls import CHAT_END, CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, resolve
+from korepl.controls import CHAT_END, CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, readable, resolve
 from korepl.loading import LoadedModel
 from korepl.settings import Settings
 from korepl.stream import REPLACEMENT_CHAR, StreamDecoder, TextGate
@@ -124,6 +124,11 @@ class Session:
     def decode(self, ids: list[int]) -> str:
         """The text of `ids` as the writer sees it (a newline token shown as a newline)."""
         return self.vocab.shown(ids, self.controls.newline_token)
+
+    @staticmethod
+    def readable(text: str) -> str:
+        """`text` as the writer reads it: chat markup (<usr>, <sys>, </s>) hidden (see controls.readable)."""
+        return readable(text)
 
     def model_text(self, text: str) -> str:
         """What the model is given for `text`: newlines follow the newline setting (never <unk>)."""

@@ -53,6 +53,10 @@ class Settings:
     window_warn: float
     probs: bool
     mode: str
+    min_p: float
+    stop_keep: tuple[str, ...]
+    memory: str
+    threads: int
 
     def with_value(self, name: str, raw: Any) -> Settings:
         field = FIELDS_BY_NAME.get(name)
@@ -161,6 +165,18 @@ def _newline(name: str, raw: Any) -> str:
     raise SettingError(f"{name} must be auto, space or a token such as <unused0> (got {_shown(raw)})")
 
 
+MAX_MEMORY_CHARS = 20_000  # far more than half of any window this project runs; the session checks tokens
+
+
+def _text(name: str, raw: Any) -> str:
+    """Any text, "" meaning none (memory)."""
+    if not isinstance(raw, str):
+        raise SettingError(f"{name} must be a text (got {_shown(raw)})")
+    if len(raw) > MAX_MEMORY_CHARS:
+        raise SettingError(f"{name} must be at most {MAX_MEMORY_CHARS} characters (got {len(raw)})")
+    return raw
+
+
 def _text_list(name: str, raw: Any) -> tuple[str, ...]:
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items):
@@ -224,6 +240,8 @@ FIELDS: tuple[Field, ...] = (
           "N|off", command="seed", ollama="seed"),
     Field("stop", _text_list, "stop at any of these: a token such as </s>, or any text (not shown)", "TEXT",
           command="stop"),
+    Field("stop_keep", _text_list, "stop right after writing any of these texts, and keep it (a sentence end: 다.)",
+          "TEXT"),
     Field("no_repeat_ngram_size", _int_in(0, 20), "never repeat a run of this many tokens (0 = off)", "N",
           command="norepeat"),
     Field("repetition_window", _int_or_none(1, TOP_K_MAX, "all"),
@@ -242,6 +260,12 @@ FIELDS: tuple[Field, ...] = (
           "F"),
     Field("probs", _bool, "colour each generated token by its probability, so unsure ones stand out", "on|off",
           command="probs"),
+    Field("min_p", _float_in(0.0, 1.0, low_open=False),
+          "drop tokens less likely than this share of the likeliest one's probability (0 = off)", "P",
+          command="minp", ollama="min_p"),
+    Field("memory", _text, "a text the model always sees first, however long the writing grows", "TEXT"),
+    Field("threads", _int_in(0, 1024), "CPU threads the model runs on (0 = torch's default for this machine)", "N",
+          command="threads", ollama="num_thread"),
     Field("mode", _choice(MODES), "write: plain continuation; chat: each line as <usr> line <sys>, answers end at </s>",
           "write|chat", command="mode"),
 )
