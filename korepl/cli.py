@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from korepl import __version__, paths, textin
-from korepl.loading import DEFAULT_MODEL, DEMO_MODEL_DIR, ModelUnavailable, load_model
+from korepl.loading import DEFAULT_MODEL, DEMO_MODEL_DIR, ModelUnavailable, apply_threads, load_model
 from korepl.settings import (
     DEVICES,
     DTYPES,
@@ -66,12 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     saved = parser.add_argument_group("sessions (each REPL run is saved after every turn)")
     saved.add_argument("--resume", nargs="?", const="", metavar="FILE",
                        help=f"continue the latest session with text in {paths.sessions_dir()}, or FILE")
+    saved.add_argument("--export", metavar="FILE",
+                       help="with --resume: write the session's text to FILE (.txt plain, .md with the memory) "
+                            "and exit")
     saved.add_argument("--sessions", action="store_true", help="list the saved sessions, newest first, and exit")
     saved.add_argument("--keep-sessions", metavar="N",
                        help="how many sessions the state folder keeps; the latest with text always stays (default 50)")
     run = parser.add_argument_group("one-shot")
     run.add_argument("--prompt", metavar="TEXT",
                      help="print the continuation of TEXT and exit (text piped on stdin works the same)")
+    run.add_argument("--verbose", action="store_true",
+                     help="after the continuation, timings and token counts on stderr, as Ollama's --verbose "
+                          "(in the REPL, /stats shows them)")
 
     decoding = parser.add_argument_group("decoding (each is also a key under [decoding] in the config file)")
     for field in FIELDS:
@@ -142,12 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return list_sessions()
 
     resume = None
+    if args.export is not None and args.resume is None:
+        print("korepl: --export writes a saved session's text: use it with --resume [FILE]", file=sys.stderr)
+        return EXIT_USAGE
     if args.resume is not None:
         resume = read_resume(args.resume)
         if resume is None:
             return EXIT_USAGE
         if not (args.model or args.demo):  # the model the session was written with
             config = dataclasses.replace(config, model=resume.model or config.model)
+        if args.export is not None:
+            return export_resumed(resume, config, args.export)
 
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty() and args.resume is None:
@@ -162,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for notice in notices:
         print(notice, file=sys.stderr)
+    apply_threads(config.decoding.threads)  # before loading: the load runs on them too
     try:
         loaded = load_model(config.model, config.device, config.dtype, config.quantize)
     except ModelUnavailable as exc:
@@ -169,11 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    return run_once(loaded, prompt, config)
+    return run_once(loaded, prompt, config, verbose=args.verbose)
 
 
-def run_once(loaded, prompt: str, config: Config) -> int:
-    """Print the continuation of `prompt` (exactly the text that follows it) as it is generated."""
+def run_once(loaded, prompt: str, config: Config, verbose: bool = False) -> int:
+    """Print the continuation of `prompt` (exactly the text that follows it) as it is generated.
+
+    `verbose`: the figures of korepl.stats follow on stderr, so stdout stays exactly the continuation.
+    """
     from korepl.session import Session, SessionError
 
     try:
@@ -201,6 +216,8 @@ def run_once(loaded, prompt: str, config: Config) -> int:
         when = "at once" if ending.new_tokens == 0 else f"after {ending.new_tokens} tokens"
         print(f"korepl: stopped at {what} {ending.detail} {when} (--no-stop or --stop change the stops).",
               file=sys.stderr)
+    if verbose and session.last_stats is not None:
+        print("\n".join(session.last_stats.lines(load_seconds=loaded.load_seconds)), file=sys.stderr)
     return EXIT_OK
 
 
@@ -227,6 +244,36 @@ def read_resume(choice: str) -> Resume | None:
         print(f"korepl: cannot resume: {exc}", file=sys.stderr)
         return None
     return Resume(str(path), data, store.model_name(data))
+
+
+def export_resumed(resume: Resume, config: Config, target: str) -> int:
+    """`korepl --resume [FILE] --export OUT`: the session checked as /load checks it, its text written, no REPL.
+
+    The model is loaded because the file is checked against its tokenizer before anything is trusted.
+    """
+    from korepl import export, store
+    from korepl.errors import UserError
+    from korepl.session import Session
+
+    try:
+        export.check_target(target)  # a bad name is said before the model loads
+        loaded = load_model(config.model, config.device, config.dtype, config.quantize)
+    except export.ExportError as exc:
+        print(f"korepl: cannot export: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModelUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    try:
+        session = Session(loaded, config.decoding)
+        store.restore(session, resume.data, resume.path)
+        print(export.export(session, target))
+    except UserError as exc:  # a damaged session file, a missing folder, a suffix not .txt or .md
+        print(f"korepl: cannot export: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def list_sessions() -> int:

@@ -1,11 +1,13 @@
 """The context's token ids and the KV cache that matches the part the model sees.
 
-The model sees a window of the ids (`view_start` onwards) and the runner's cache holds the first
-`runner.cached_len` of them.  Every change of the ids goes through `become` (or its tail form
+The model sees the memory's ids (a premise kept whatever the length: llama.cpp's n_keep, KoboldAI's
+memory), then a window of the text's ids (`view_start` onwards); the runner's cache holds the first
+`runner.cached_len` of (memory + view).  Every change of the ids goes through `become` (or its tail form
 `replace_tail`), `append` or `truncate`: the cache is cropped to what the old and new ids share and
 only the rest is run, by `next_logits`, when logits are asked for.  When the next step would overflow
-the model's positions, the view slides to the most recent `keep` share of the ids and the cache is
-rebuilt with one prefill, because learned absolute positions (KoGPT2's) cannot be shifted.  The ids
+the model's positions, the view slides to the most recent `keep` share of the room the memory leaves,
+and the view's part of the cache is rebuilt with one prefill, because learned absolute positions
+(KoGPT2's) cannot be shifted; the memory's part stays, as its positions come first.  The ids
 themselves are never lost.
 
 Nothing here knows about turns or settings; the session says which ids the context must become.
@@ -32,8 +34,9 @@ class Context:
         self.device = loaded.device
         self.keep = keep  # the share of the window a slide keeps (the window_keep setting)
         self.ids: list[int] = []
-        self.view_start = 0  # the model sees ids[view_start:]
-        # The model and its KV cache, which holds ids[view_start : view_start + runner.cached_len].
+        self.memory: list[int] = []  # ids the model always sees first, kept apart from the text's ids
+        self.view_start = 0  # the model sees memory + ids[view_start:]
+        # The model and its KV cache, which holds (memory + ids[view_start:])[:runner.cached_len].
         self.runner = make_runner(loaded.model, loaded.device)
         self.tokens_run = 0  # tokens passed through the model so far (tests and benchmarks read it)
         self.slides = 0
@@ -66,7 +69,7 @@ class Context:
             return
         del self.ids[length:]
         self.unchanged = min(self.unchanged, length)
-        keep_cached = max(0, length - self.view_start)
+        keep_cached = len(self.memory) + max(0, length - self.view_start)
         if keep_cached < self.runner.cached_len:
             self.runner.crop(keep_cached)
             self._logits = None
@@ -79,6 +82,29 @@ class Context:
         self.ids = list(ids)
         self.reset_view(view_start)
         self.fit_view()
+
+    def set_memory(self, memory: Sequence[int]) -> None:
+        """Make `memory` what the model sees first: the cache is cropped to what old and new (memory + view)
+        share, so only the rest runs; the view slides if memory + view no longer fit."""
+        memory = list(memory)
+        if memory == self.memory:
+            return
+        cached = self.runner.cached_len
+        old = (self.memory + self.ids[self.view_start:])[:cached]
+        new = memory + self.ids[self.view_start:]
+        shared = 0
+        while shared < min(len(old), len(new)) and old[shared] == new[shared]:
+            shared += 1
+        self.memory = memory
+        if shared < cached:
+            self.runner.crop(shared)
+            self._logits = None
+        self.forget()  # logits remembered for places were read after the old memory
+        self.fit_view()
+
+    def seen(self) -> list[int]:
+        """What the model sees: the memory, then the view of the text."""
+        return self.memory + self.ids[self.view_start:]
 
     def mark(self) -> None:
         """Start counting `unchanged` ids afresh (the ids are now a recorded state)."""
@@ -95,35 +121,43 @@ class Context:
 
     def fit_view(self) -> None:
         """Keep the promise that the model's view is never longer than its window (slide when it would be)."""
-        if len(self.ids) - self.view_start > self.window:
+        if len(self.memory) + len(self.ids) - self.view_start > self.window:
             self.slide()
 
     def slide(self) -> None:
-        """Look at only the most recent `keep` share of the window; the cache is rebuilt when next run."""
-        self.reset_view(len(self.ids) - max(1, int(self.window * self.keep)))
+        """Look at only the most recent `keep` share of the room the memory leaves; rebuilt when next run."""
+        room = self.window - len(self.memory)
+        self.reset_view(len(self.ids) - max(1, int(room * self.keep)))
         self.slides += 1
 
     def reset_view(self, view_start: int) -> None:
         self.view_start = view_start
-        self.runner.reset()
+        if self.memory:  # the memory's positions come first whatever the view: its cache stays good
+            self.runner.crop(len(self.memory))
+        else:
+            self.runner.reset()
         self._logits = None
 
     # --- the model --------------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        """Ids in the view that the model has not run over yet."""
-        return len(self.ids) - self.view_start - self.runner.cached_len
+        """Ids of memory + view that the model has not run over yet."""
+        return len(self.memory) + len(self.ids) - self.view_start - self.runner.cached_len
 
     def next_logits(self) -> torch.Tensor:
-        """Logits for the token after the ids (which must not be empty), running only what is pending."""
+        """Logits for the token after the ids (memory + view must not be empty), running only what is pending."""
         if self.pending == 0:
             if self._logits is not None:
                 return self._logits
             self.runner.crop(self.runner.cached_len - 1)  # after a crop: re-run the last id for its logits
         if self.runner.cached_len + self.pending > self.window:
             self.slide()
-        chunk = self.ids[self.view_start + self.runner.cached_len:]
+        cached, memory = self.runner.cached_len, self.memory
+        if cached >= len(memory):
+            chunk = self.ids[self.view_start + cached - len(memory):]
+        else:
+            chunk = memory[cached:] + self.ids[self.view_start:]
         self._logits = self.runner.run(chunk)
         self.tokens_run += len(chunk)
         return self._logits

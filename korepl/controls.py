@@ -63,6 +63,7 @@ class Controls:
     newline_for_model: str  # what a typed "\n" becomes in the model's text
     newline_token: str | None  # a named token standing for "\n", mapped back when shown
     suppress_ids: frozenset[int]  # special tokens the model may never write (HF suppress_tokens)
+    keep_texts: tuple[str, ...] = ()  # stop right after these texts and keep them (a sentence end: 다.)
 
 
 # How KoGPT2 chat fine-tunes mark a turn: <usr> the user's line <sys> the answer </s>.
@@ -87,6 +88,9 @@ def resolve(vocab: Vocabulary, settings: Settings) -> Controls:
             raise SettingError("mode chat needs the <usr>, <sys> and </s> tokens, which this model's vocabulary lacks")
         stop_ids.add(vocab.added[CHAT_END])
     stop_texts = tuple(s for s in settings.stop if s not in vocab.added)
+    # A text in both lists is hidden: keeping it would show what the writer asked to hide.  A special
+    # token is never written unless it is a stop, so kept it would never match (/stop keep refuses one).
+    keep_texts = tuple(s for s in settings.stop_keep if s not in settings.stop and s not in vocab.added)
     sequences = sorted({ids for word in settings.ban for ids in vocab.spellings(word)})
     newline = settings.newline
     if newline == "auto":
@@ -103,4 +107,4 @@ def resolve(vocab: Vocabulary, settings: Settings) -> Controls:
     special = set(vocab.added.values()) | set(vocab.tokenizer.all_special_ids)
     allowed = stop_ids | ({vocab.added[token]} if token in vocab.added else set())
     return Controls(frozenset(stop_ids), stop_texts, tuple(sequences), settings.ban, newline_for_model, token,
-                    frozenset(special - allowed))
+                    frozenset(special - allowed), keep_texts)

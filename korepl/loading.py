@@ -8,8 +8,10 @@ source has them; `trust_remote_code` stays off.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,8 @@ class LoadedModel:
     device: torch.device
     precision: str = "float32"  # float32, float16, bfloat16 or int8
     precision_note: str = "asked for"  # why: asked for, or what `auto` measured
+    parameters: int = 0  # counted before int8 packs the weights away from .parameters()
+    load_seconds: float = 0.0
 
     @property
     def window(self) -> int:
@@ -78,12 +82,10 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
     """
     from korepl import paths, precision
 
+    started = time.perf_counter()
+    default_threads()  # torch's own choice, seen before korepl changes it
     target = resolve_device(device)
-    local = Path(source).expanduser()
-    if _looks_like_path(source) and not local.is_dir():
-        raise ModelUnavailable(_paragraph(source, f"the folder {local} does not exist"))
-    if local.is_dir():
-        _check_folder(local)
+    local = check_source(source)
     where = str(local) if local.is_dir() else source
     try:
         with _quiet_transformers(progress=not local.is_dir()):
@@ -106,12 +108,46 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
         raise ModelUnavailable(f"korepl: {exc}") from None
     model.eval()
     model.requires_grad_(False)
+    parameters = sum(p.numel() for p in model.parameters())
     if chosen != "float32":
         precision.apply(model, chosen)
     model.to(target)
     name = str(local.resolve()) if local.is_dir() else source  # a folder by its full path: saved sessions find it
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, precision=chosen,
-                       precision_note=why)
+                       precision_note=why, parameters=parameters, load_seconds=time.perf_counter() - started)
+
+
+def check_source(source: str) -> Path:
+    """The checks that need no loading (a folder that is missing or lacks files); the source as a path."""
+    try:
+        local = Path(source).expanduser()
+        is_dir = local.is_dir()
+    except (RuntimeError, OSError, ValueError) as exc:  # ~nobody, a name too long: typed, so said, not raised
+        reason = f"it is not a folder that can be read ({_first_line(exc)})"
+        raise ModelUnavailable(_paragraph(source, reason)) from None
+    if _looks_like_path(source) and not is_dir:
+        raise ModelUnavailable(_paragraph(source, f"the folder {local} does not exist"))
+    if is_dir:
+        _check_folder(local)
+    return local
+
+
+@functools.cache
+def default_threads() -> int:
+    """The threads torch chose for this machine, captured once, before korepl first changes them."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def apply_threads(threads: int) -> None:
+    """Run the model on `threads` CPU threads (0: torch's default for this machine); process-wide."""
+    import torch
+
+    default = default_threads()  # seen before the first change, whatever is asked for
+    wanted = threads or default
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def _load(where: str, local_files_only: bool):

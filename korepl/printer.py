@@ -93,6 +93,9 @@ class Printer:
             again = "" if session.settings.greedy else ", or press Enter to continue anyway"
             say(f"[the model ended the text at once ({ending.detail}); /min 1 makes it write at least "
                 f"one token{again}]", "note")
+        elif silent and ending.reason == "stop-text" and ending.kept:  # a kept stop of blanks: shown, yet unseen
+            say(f"[the continuation ended at once with the kept stop text {ending.detail!r}, which stays in the "
+                f"text; /stop del {ending.detail} lets it run on]", "note")
         elif silent and ending.reason == "stop-text":
             say(f"[the continuation began with the stop text {ending.detail!r}; nothing was added; "
                 f"/stop del {ending.detail} lets it through]", "note")

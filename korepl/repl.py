@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -30,12 +31,15 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import merge_styles
 
 from korepl import commands, journal, paths, printer, store, textin, toolbar
+from korepl.controls import readable
 from korepl.loading import DEMO_MODEL_DIR, ModelUnavailable
 from korepl.printer import say
 from korepl.settings import Config, SettingError, Settings
 from korepl.terminal import BusyTerminal, InterruptGuard, replay
+from korepl.width import clip, width
 
 BLOCK = '"""'
+ESCAPED_SLASH = "//"
 TYPED_AHEAD_NOTE = "[running the line typed while korepl was busy]"
 # Internal errors in a row after which korepl leaves (the loop itself is broken, not one command).
 MAX_CRASHES_IN_A_ROW = 3
@@ -49,10 +53,16 @@ class Hangup(BaseException):
         self.signum = signum
 
 
+def label_of(source: str) -> str:
+    """How the toolbar and messages name a model: "demo" for the shipped one, else as the user gave it."""
+    return "demo" if Path(source) == DEMO_MODEL_DIR else source
+
+
 class BackgroundLoad:
     """Loads the model on a thread so the prompt can show at once."""
 
     def __init__(self, config: Config):
+        self.config = config  # what it loads (its model, device, precision)
         self.loaded = None
         self.error: str | None = None
         self.done = threading.Event()
@@ -110,8 +120,9 @@ class Repl:
     def __init__(self, config: Config, notices: list[str], resume=None):
         self._settings = config.decoding  # until the session exists; then the session owns them
         self._chosen = set(config.chosen)  # settings the user set (file, flags, commands): they beat a resume
-        self.model_label = "demo" if Path(config.model) == DEMO_MODEL_DIR else config.model
+        self.model_label = label_of(config.model)
         self._load = BackgroundLoad(config)
+        self._switch: BackgroundLoad | None = None  # a model /model asked for, loading beside the one in use
         self.config = config
         self._session = None
         self._quit = False
@@ -163,9 +174,96 @@ class Repl:
         """The rows /settings shows above the decoding settings: the model, and the file this run saves to."""
         loaded = self._load.loaded
         in_effect = f"{loaded.precision} ({loaded.precision_note})" if loaded else "(the model is loading)"
-        return [("model", self.model_label), ("device", str(loaded.device) if loaded else self.config.device),
+        model = self.model_label
+        if self._switch is not None:
+            model += f" (loading {label_of(self._switch.config.model)} to switch to)"
+        return [("model", model), ("device", str(loaded.device) if loaded else self.config.device),
                 ("dtype", self.config.dtype), ("quantize", self.config.quantize), ("precision", in_effect),
                 ("session file", self._session_file())]
+
+    # --- switching the model (/model) ---------------------------------------------------------------
+
+    def model_facts(self) -> list[tuple[str, str]]:
+        """The rows of /show info: the loaded model's size and shape, and where it runs."""
+        from korepl import stats
+
+        if self._load.loaded is None:
+            raise commands.CommandError(self._load.error or "the model is still loading; try again in a moment")
+        return stats.model_facts(self._load.loaded, self.settings.threads)
+
+    def current_model(self) -> str:
+        """What /model shows: the model in use, and one being loaded to replace it."""
+        loaded = self._load.loaded
+        line = f"model: {self.model_label}"
+        if loaded and loaded.name != self.model_label:
+            line += f" ({loaded.name})"
+        if self._switch is not None:
+            line += f"; loading {label_of(self._switch.config.model)} to switch to"
+        return line
+
+    def switch_model(self, source: str) -> str:
+        """Load `source` in the background; the writer keeps writing on the old model until it is ready.
+
+        A folder that is missing or incomplete is refused at once (ModelUnavailable, nothing changes);
+        a load that fails later is said before a prompt, and the old model stays.
+        """
+        from korepl.loading import check_source
+
+        source = str(DEMO_MODEL_DIR) if source == "demo" else source
+        check_source(source)
+        config = dataclasses.replace(self.config, model=source)
+        if self._load.loaded is None:  # no model in use (still loading, or it failed): this one replaces it
+            self._load, self._load_error_shown = BackgroundLoad(config), False
+            self.config, self.model_label = config, label_of(source)
+            return f"loading {self.model_label} …"
+        self._switch = BackgroundLoad(config)
+        return f"loading {label_of(source)} in the background; the text stays with {self.model_label} meanwhile"
+
+    def _take_switched_model(self) -> None:
+        """Once a /model load is done: a new session on it, holding the writer's text re-encoded."""
+        pending = self._switch
+        if pending is None or not pending.done.is_set():
+            return
+        self._switch = None
+        label = label_of(pending.config.model)
+        if pending.error:
+            self._notices.append(f"{pending.error} (still writing with {self.model_label})")
+            self._print_notices()
+            return
+        with InterruptGuard() as guard, guard.shield():  # never half switched
+            old, before = self._session, (self._load, self.config, self.model_label, self._settings)
+            if old is not None:
+                self._settings = old.settings
+            self._load, self.config, self.model_label = pending, pending.config, label
+            try:
+                session = self._carry_text(self._new_session(), old.text) if old is not None else None
+            except SettingError as exc:  # a setting no fallback fixes (a memory too long for its window)
+                self._load, self.config, self.model_label, self._settings = before
+                self._notices.append(f"korepl: cannot switch to {label}: {exc}; still writing with {self.model_label}")
+                self._print_notices()
+                return
+            if old is not None:
+                self._save()  # the old model's text stays in its own file
+            self.journal.start_new_file()
+            self._session, self.last_speed = session, None
+            self._printer.forget_session()
+            if session is not None:
+                self._notices.append(f"now writing with {label}: the text ({len(session.ids)} tokens with its "
+                                     "tokenizer) is kept; undo history starts here")
+            else:
+                self._notices.append(f"now writing with {label}")
+        self._print_notices()
+
+    @staticmethod
+    def _carry_text(session, text: str):
+        """`session` holding `text` as the root of a new turn tree (ids from its own tokenizer)."""
+        from korepl import turns
+
+        if text:
+            ids = session.encode(session.model_text(text))
+            root = turns.Turn("start", None, 0, tuple(ids), 0, text)  # nothing to undo before it
+            session.replace_state(session.settings, root, root, 0)  # the view slides if the text outgrows it
+        return session
 
     def _session_file(self) -> str:
         if self.journal.path is None:
@@ -173,13 +271,11 @@ class Repl:
         return f"{self.journal.path}{' (it cannot be written)' if self._save_error_shown else ''}"
 
     def reset(self) -> None:
+        """/reset, /clear: the text is cleared as a turn of the session, so /undo brings it back and the
+        same file keeps it; the settings stay.  SessionError when the text is already empty."""
         if self._session is not None:
-            self._save()  # what was written stays in its own file
-            self.journal.start_new_file()
-            self._settings = self._session.settings  # settings stay; the next session starts from them
-            self._session = None
+            self._session.reset()
             self.last_speed = None
-            self._printer.forget_session()
 
     def quit(self) -> None:
         self._quit = True
@@ -192,6 +288,7 @@ class Repl:
         Ctrl+C waits until the session is made (then stops what asked for it), so a resume is never
         left half done, and the toolbar never says it is resuming when it is not.
         """
+        self._take_switched_model()  # between turns only: never under a continuation
         if self._session is None and self._load.loaded is not None:
             with InterruptGuard() as guard, guard.shield():
                 session = self._new_session()
@@ -202,10 +299,14 @@ class Repl:
         return self._session
 
     def _new_session(self):
-        from korepl.session import Session  # loaded with the model, not before the prompt shows
+        from korepl.session import MemoryTooLong, Session  # loaded with the model, not before the prompt shows
 
         try:
             return Session(self._load.loaded, self._settings)
+        except MemoryTooLong as exc:  # a memory (config, flag) longer than half this model's window
+            self._notices.append(f"korepl: {exc}; starting with no memory")
+            self._settings = dataclasses.replace(self._settings, memory="")
+            return self._new_session()
         except SettingError as exc:  # newline or mode asked for tokens this model lacks
             self._notices.append(f"korepl: {exc}; using newline auto and mode write")
             self._settings = dataclasses.replace(self._settings, newline="auto", mode="write")
@@ -227,7 +328,7 @@ class Repl:
         except SettingError as exc:  # a choice this session's tokenizer cannot follow
             self._notices.append(f"korepl: {exc}; keeping the resumed session's settings")
         self._notices.append(f"resumed {resume.path}: {len(session.ids)} tokens; the text ends: "
-                             f"{session.text[-60:]}")
+                             f"{session.readable(session.text)[-60:]}")
 
     def _print_notices(self) -> None:
         while self._notices:
@@ -238,6 +339,9 @@ class Repl:
     def run(self) -> int:
         prompt = make_prompt(self._toolbar)
         say(f"korepl: writing with {self.model_label}. /help lists the commands; Ctrl+D leaves.", "note")
+        hint = None if self._resume is not None else last_session_hint(paths.sessions_dir())
+        if hint:
+            say(hint, "note")
         self._prompt = prompt
         previous = {each: signal.signal(each, self._on_hangup) for each in (signal.SIGTERM, signal.SIGHUP)}
         status = 0
@@ -334,10 +438,12 @@ class Repl:
 
     def _handle(self, line: str) -> None:
         self.ensure_session()
-        if commands.is_command(line) and "\n" not in line:
+        if line.startswith(ESCAPED_SLASH):  # '//text' is text that starts with a slash, not a command
+            self._write(line[1:])
+        elif commands.is_command(line) and "\n" not in line:
             reply = commands.run_command(self, line)
-            for each in reply.lines:
-                say(each, "error" if reply.error else "")
+            for number, each in enumerate(reply.lines):
+                say(each, "error" if reply.error else reply.styles[number] if number < len(reply.styles) else "")
             if reply.stream is not None:
                 self.last_speed = self._printer.continuation(self.session, reply.stream, self.settings.probs)
         else:
@@ -458,3 +564,24 @@ def open_history() -> History:
 
 def run_repl(config: Config, notices: list[str], resume=None) -> int:
     return Repl(config, notices, resume).run()
+
+
+def last_session_hint(folder: Path, columns: int | None = None) -> str | None:
+    """One line saying that the newest saved session with text can be continued, or None when there is none.
+
+    Fitted to the terminal's width (`columns`), so it stays one line; never raises.
+    """
+    try:
+        path = store.latest_with_text(folder)
+        data = store.read_file(path) if path is not None else None
+    except (store.StoreError, OSError):
+        return None
+    text, ids = (data.get("text"), data.get("ids")) if isinstance(data, dict) else (None, None)
+    if not isinstance(text, str) or not text.strip() or not isinstance(ids, list):
+        return None
+    # A file's text is shown only cleaned (no terminal codes) and as the writer reads it (no chat markup).
+    words = " ".join(textin.CONTROL.sub("", textin.ESCAPE_SEQUENCE.sub("", readable(text))).split())
+    head, tail = f"your last session ({len(ids)} tokens, '", "') can be continued: korepl --resume"
+    columns = shutil.get_terminal_size().columns if columns is None else columns
+    room = max(8, min(40, columns - 1 - width(head + tail)))
+    return head + clip(words, room) + tail

@@ -2,8 +2,10 @@
 
 The bodies are pure functions whose order and semantics follow Hugging Face `generate`: repetition
 penalty, the bans (repeated n-grams, bad words, stop tokens before min_new_tokens, suppressed
-tokens), then temperature, top-k and top-p, then the pick.  Greedy is the argmax after the penalty
-and bans, which is what `generate(do_sample=False)` does, so greedy ids match it exactly.
+tokens), then temperature, top-k, top-p and min-p, then the pick.  Greedy is the argmax after the
+penalty and bans, which is what `generate(do_sample=False)` does, so greedy ids match it exactly.
+`sampling_set` is the one place the pick's choices and their chances are worked out: `pick` draws
+from it and `chances` (what /peek shows) reads it.
 
 `processors` builds, once per settings change, the list of those transforms that the settings ask
 for (as HF's LogitsProcessorList: each a small callable, applied in order); `PickStep` runs it, picks,
@@ -94,28 +96,72 @@ def ban(logits: torch.Tensor, banned: Sequence[int]) -> torch.Tensor:
     return logits.index_fill(0, torch.tensor(sorted(set(banned)), device=logits.device), float("-inf"))
 
 
-def pick(logits: torch.Tensor, settings: Settings, generator: torch.Generator) -> Choice:
-    """Pick from logits the processors have made: greedy's argmax, or a draw from top-k and top-p."""
+def min_p_keep(scores: torch.Tensor, min_p: float) -> int:
+    """How many of `scores` (sorted best first) reach min_p times the best one's probability.
+
+    HF MinPLogitsWarper semantics: a token goes when its probability is below min_p x the top
+    probability; the best token always stays.  0 keeps everything.
+    """
+    if min_p <= 0.0:
+        return scores.shape[-1]
+    probs = torch.softmax(scores.float(), dim=-1)
+    return max(1, int((probs >= min_p * probs.amax()).sum()))  # sorted, so the kept ones are a prefix
+
+
+@dataclass(frozen=True)
+class SamplingSet:
+    """The tokens a pick can choose, best first, each with its exact chance of being picked.
+
+    Each filter keeps a prefix of the best-first order, so `cuts` records, in the order applied,
+    (what cut, how many of the best it left): enough to say why any other token is outside.
+    """
+
+    ids: torch.Tensor  # CPU, best first
+    chances: torch.Tensor  # CPU float, same order; they sum to 1
+    cuts: tuple[tuple[str, int], ...]
+
+    def why_outside(self, rank: int) -> str:
+        """The filter that left out the token at `rank` (0 = best) of the best-first order."""
+        return next((name for name, kept in self.cuts if rank >= kept), "the bans")
+
+
+def sampling_set(scores: torch.Tensor, settings: Settings) -> SamplingSet:
+    """What `pick` chooses from: greedy's argmax, else top-k, then top-p, then min-p (HF's order),
+    with softmax or equal chances.  The one place the set and its chances are worked out."""
     if settings.greedy:
-        token_id = int(torch.argmax(logits))
-        return Choice(token_id, float(torch.softmax(logits, dim=-1)[token_id]))
-    ids, top = top_k_candidates(logits, settings.top_k)
+        token_id = torch.argmax(scores).reshape(1).cpu()  # argmax exactly, as generate(do_sample=False)
+        return SamplingSet(token_id, torch.ones(1), (("greedy's choice", 1),))
+    ids, top = top_k_candidates(scores, settings.top_k)
+    cuts = [(f"top-k {settings.top_k}", top.shape[-1])]
     keep = top_p_keep(top, settings.top_p)
+    cuts.append((f"top-p {settings.top_p:g}", keep))
     ids, top = ids[:keep].cpu(), top[:keep].cpu()
+    if settings.min_p > 0.0:
+        keep = min_p_keep(top, settings.min_p)
+        cuts.append((f"min-p {settings.min_p:g}", keep))
+        ids, top = ids[:keep], top[:keep]
     finite = torch.isfinite(top)  # banned ids can reach the candidates only when too few others are left
     ids, top = ids[finite], top[finite]
-    index = pick_index(top, settings.sampler, generator)
-    token_id = int(ids[index])
-    probability = float(torch.exp(top[index] - torch.logsumexp(logits, dim=-1).cpu()))
+    if settings.sampler == "uniform":
+        chances = torch.full(top.shape, 1.0 / top.shape[-1])
+    else:
+        chances = torch.softmax(top.float(), dim=-1)
+    return SamplingSet(ids, chances, tuple(cuts))
+
+
+def chances(scores: torch.Tensor, settings: Settings) -> torch.Tensor:
+    """Each token's exact chance that `pick` picks it from `scores` (CPU, vocabulary-long; 0 outside the set)."""
+    chosen = sampling_set(scores, settings)
+    return torch.zeros(scores.shape[-1]).index_copy(0, chosen.ids, chosen.chances.float())
+
+
+def pick(logits: torch.Tensor, settings: Settings, generator: torch.Generator) -> Choice:
+    """Pick from logits the processors have made: a draw from `sampling_set` by its chances."""
+    chosen = sampling_set(logits, settings)
+    index = 0 if chosen.ids.shape[-1] == 1 else int(torch.multinomial(chosen.chances, 1, generator=generator))
+    token_id = int(chosen.ids[index])
+    probability = float(torch.softmax(logits.float(), dim=-1)[token_id])
     return Choice(token_id, probability)
-
-
-def pick_index(scores: torch.Tensor, sampler: str, generator: torch.Generator) -> int:
-    """Index into `scores` (CPU): weighted by softmax, or uniform (every candidate equally likely)."""
-    if sampler == "uniform":
-        return int(torch.randint(scores.shape[-1], (1,), generator=generator))
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def make_generator(seed: int | None) -> torch.Generator:

@@ -19,8 +19,9 @@ from korepl import sampling, turns
 from korepl.errors import UserError
 from korepl.context import Context
 from korepl.controls import CHAT_END, CHAT_SYSTEM, CHAT_USER, Controls, Vocabulary, readable, resolve
-from korepl.loading import LoadedModel
-from korepl.settings import Settings
+from korepl.loading import LoadedModel, apply_threads
+from korepl.settings import SettingError, Settings
+from korepl.stats import Stats
 from korepl.stream import REPLACEMENT_CHAR, StreamDecoder, TextGate
 
 # A mid-word join re-encodes the last word with the new text; words longer than this are left alone.
@@ -36,15 +37,28 @@ class Step:
     probability: float
 
 
+class MemoryTooLong(SettingError):
+    """A memory longer than half the model's window (a SettingError: nothing changed)."""
+
+
 class SessionError(UserError):
     """A move that cannot be made now (nothing to undo, no such alternative); the message is for the user."""
 
 
 @dataclass(frozen=True)
 class Candidate:
+    """A next token as /peek lists it."""
+
     token_id: int
     token: str  # as the vocabulary spells it, with its '▁'
-    probability: float
+    text: str  # how it reads: '▁' (a word start) as a visible space '␣'
+    chance: float  # of being picked now under the settings; 0 outside the sampling set
+    probability: float  # the model's, after penalties, bans and temperature
+    outside: str = ""  # what left it out of the sampling set ("top-k 3"), or "" when in it
+
+    @property
+    def in_set(self) -> bool:
+        return not self.outside
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class Ending:
     reason: str
     detail: str = ""
     new_tokens: int = 0
+    kept: bool = False  # a 'stop-text' ending at a kept stop text (stop_keep), which stays in the text
 
 
 class Session:
@@ -80,6 +95,7 @@ class Session:
     def settings(self, value: Settings) -> None:
         """Take new settings; SettingError (nothing changed) when this tokenizer cannot follow them."""
         controls = resolve(self.vocab, value)
+        memory = self.encode_memory(value.memory, controls)  # may refuse, so before anything changes
         self.controls: Controls = controls
         # The pick step is built once here, not per token: the transforms the settings ask for, in order.
         decode = functools.partial(self.vocab.shown, newline_token=controls.newline_token)
@@ -89,8 +105,31 @@ class Session:
             # fixed seed makes a whole session reproducible without making every retry the same.
             self._generator = sampling.make_generator(value.seed)
         self.context.keep = value.window_keep
+        if getattr(self, "_settings", None) is None or value.threads != self._settings.threads:
+            apply_threads(value.threads)  # 0 gives torch's own default back
+        self.context.set_memory(memory)  # crops the cache to what old and new memory share (nothing if equal)
         self._settings = value
         self.revision += 1
+
+    def encode_memory(self, memory: str, controls: Controls) -> list[int]:
+        """The memory's ids: on a line of its own above the text (as KoboldAI puts it), newlines as fed text's."""
+        if not memory:
+            return []
+        text = self.model_text(memory, controls)
+        # A newline the model can read ends it; a newline given as a space is left out, since the
+        # text's first word brings its own word marker ('▁') and a second one would be noise.
+        if not memory[-1:].isspace() and controls.newline_for_model != " ":
+            text += controls.newline_for_model
+        ids = self.encode(text)
+        # At most half the window, so that a slide always leaves the text room to be seen.
+        if len(ids) > self.window // 2:
+            raise MemoryTooLong(f"memory is {len(ids)} tokens; at most {self.window // 2} (half the model's window)")
+        return ids
+
+    @property
+    def memory_tokens(self) -> int:
+        """How many tokens of memory the model sees before the text (0 = none)."""
+        return len(self.context.memory)
 
     # --- the context, as the rest of korepl reads it -------------------------------------------------
 
@@ -130,9 +169,9 @@ class Session:
         """`text` as the writer reads it: chat markup (<usr>, <sys>, </s>) hidden (see controls.readable)."""
         return readable(text)
 
-    def model_text(self, text: str) -> str:
+    def model_text(self, text: str, controls: Controls | None = None) -> str:
         """What the model is given for `text`: newlines follow the newline setting (never <unk>)."""
-        return text.replace("\r\n", "\n").replace("\n", self.controls.newline_for_model)
+        return text.replace("\r\n", "\n").replace("\n", (controls or self.controls).newline_for_model)
 
     # --- feeding --------------------------------------------------------------------------------
 
@@ -186,6 +225,8 @@ class Session:
 
     def _seed_empty_context(self) -> None:
         """Nothing to continue from: start from the beginning-of-text token, as `generate` would."""
+        if self.context.memory:  # the memory is a start of its own: continue it, not a new document
+            return
         bos = self.tokenizer.bos_token_id
         if bos is None:
             raise SessionError("the text is empty and this model has no beginning-of-text token: type something first")
@@ -193,6 +234,8 @@ class Session:
 
     def penalty_history(self) -> torch.Tensor:
         """The ids the repetition penalty counts: what the model sees, or its last `repetition_window`."""
+        # The text's view only, never the memory (as the pick step's penalty and n-gram bans, which read
+        # ids[view_start:]): penalising the premise's own names would push the model away from them.
         ids = sampling.penalty_ids(self.ids, self.view_start, self.settings.repetition_window)
         return torch.tensor(ids, dtype=torch.long, device=self.loaded.device)
 
@@ -205,15 +248,18 @@ class Session:
         ends for any reason, Ctrl+C included, tokens whose text was not shown are dropped, so the
         context always equals what was shown.
         """
+        measure = self.last_stats = Stats()  # the figures /stats and --verbose show
         settings, controls, context, pick = self.settings, self.controls, self.context, self._pick
         if not self.ids:
             self._seed_empty_context()
         generator = self._generator
-        gate = TextGate(self.decode, self.ids, controls.stop_texts)
+        gate = TextGate(self.decode, self.ids, controls.stop_texts, controls.keep_texts)
         start = kept = len(self.ids)  # ids before `kept` are shown
         ending = Ending("interrupted")
         try:
+            ran = context.tokens_run
             context.next_logits()
+            measure.prefilled(context.tokens_run - ran)  # only what the cache lacked: the prompt eval of Ollama
             context.remember(self.turn)  # so that undoing this continuation needs no model run
             while len(self.ids) - start < settings.max_new_tokens:
                 logits = context.next_logits()  # first: it may slide the view
@@ -222,22 +268,25 @@ class Session:
                     ending = Ending("stop-token", self.vocab.token(choice.token_id))
                     break
                 context.append(choice.token_id)
+                measure.token()
                 text = gate.push(choice.token_id)
                 kept = start + gate.shown_ids
                 if text:
                     yield self._append_text(Step(choice.token_id, text, choice.probability))
                 if gate.stopped_by is not None:
-                    ending = Ending("stop-text", gate.stopped_by)
+                    ending = Ending("stop-text", gate.stopped_by, kept=gate.stop_kept)
                     break
             else:
                 ending = Ending("max-tokens")
             if ending.reason == "stop-text":
-                # The stop text began inside a token: keep the text before it, re-encoded on its own.
+                # The cut (a hidden stop's start, a kept stop's end) fell inside a token: keep the text
+                # up to it, re-encoded on its own, so the ids say exactly what was shown.
                 context.truncate(kept)
-                if gate.stop_prefix:
-                    self.feed(gate.stop_prefix)
+                prefix = gate.stop_prefix if self.text else gate.stop_prefix.lstrip()  # as _append_text does
+                if prefix:
+                    self.feed(prefix)
                     kept = len(self.ids)
-                    yield Step(self.ids[-1], gate.stop_prefix, 1.0)
+                    yield Step(self.ids[-1], prefix, 1.0)
             else:
                 text = gate.finish()
                 kept = start + gate.shown_ids
@@ -246,7 +295,8 @@ class Session:
         finally:
             context.truncate(kept)
             context.fit_view()
-            self.last_ending = Ending(ending.reason, ending.detail, len(self.ids) - start)
+            self.last_ending = Ending(ending.reason, ending.detail, len(self.ids) - start, ending.kept)
+            measure.finish(len(self.ids) - start)
             try:
                 if ending.reason != "interrupted":
                     self.next_logits()  # run the last token now, so undoing back to here needs no model run
@@ -293,6 +343,15 @@ class Session:
         self._at_turn(target)
         self.context.recall(target)  # its logits, when known from when the turn was made: no model run at all
 
+    def visit(self, target: turns.Turn) -> None:
+        """Go to any turn of the tree (/goto): /redo from each turn above it then leads back down to it."""
+        self.checkpoint()  # text fed outside a turn stays reachable in the tree
+        turn = target
+        while turn.parent is not None:
+            turn.parent.last_child = turn
+            turn = turn.parent
+        self.go_to(target)
+
     def undo(self) -> turns.Turn:
         """Take back the last turn (a continuation, then the line before it); the cache is cropped."""
         if self.turn.parent is None:
@@ -331,20 +390,40 @@ class Session:
         return self.turn
 
     def peek(self, count: int) -> list[Candidate]:
-        """The `count` likeliest next tokens, as the pick step scores them under the settings.  Changes nothing."""
+        """Up to `count` next tokens: the sampling set by chance of being picked, then the likeliest
+        tokens outside it by probability.  Changes nothing."""
         empty = not self.ids
         try:
-            logits = self._pick.scores(self.next_logits(), sampling.At(self.ids, self.view_start))
+            scores = self._pick.scores(self.next_logits(), sampling.At(self.ids, self.view_start))
         finally:
             if empty:  # next_logits started from the beginning-of-text token: take it back
                 self.context.truncate(0)
-        probs = torch.softmax(logits, dim=-1)
-        values, ids = torch.topk(probs, min(count, probs.shape[-1]))
-        return [Candidate(int(i), self.vocab.token(int(i)), float(p)) for p, i in zip(values, ids) if p > 0]
+        scores = scores.float().cpu()
+        probs = torch.softmax(scores, dim=-1)
+        chosen = sampling.sampling_set(scores, self.settings)  # what a pick would choose from, and how likely
+
+        def candidate(token_id: int, chance: float, outside: str = "") -> Candidate:
+            token = self.vocab.token(token_id)
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in token.replace("▁", "␣"))
+            return Candidate(token_id, token, text, chance, float(probs[token_id]), outside)
+
+        listed = [candidate(int(i), float(c)) for i, c in zip(chosen.ids[:count], chosen.chances[:count])]
+        members = set(chosen.ids.tolist())
+        # The set is a prefix of the best-first order, so a token's rank there says which filter left it out.
+        order = torch.topk(scores, min(count + len(members), scores.shape[-1])).indices.tolist()
+        for rank, token_id in enumerate(order):
+            if len(listed) >= count:
+                break
+            if token_id not in members and probs[token_id] > 0:  # banned tokens (probability 0) are never offered
+                listed.append(candidate(token_id, 0.0, chosen.why_outside(rank)))
+        return listed
 
     def pick(self, number: int) -> Iterator[Step]:
         """Append the `number`-th likeliest next token (as /peek lists them), then continue from it."""
-        candidate = self.peek(number)[number - 1]
+        candidates = self.peek(number)
+        if number > len(candidates):
+            raise SessionError(f"there are {len(candidates)} candidates: choose 1 to {len(candidates)}")
+        candidate = candidates[number - 1]
         if candidate.token_id in self.controls.stop_ids:
             raise SessionError(f"candidate {number} is the stop token {candidate.token}: nothing to add")
         piece = StreamDecoder(self.decode, self.ids).push(candidate.token_id)
@@ -370,6 +449,20 @@ class Session:
         self.text = new_text
         self._record("edited")
         return self.pending  # what the model will re-read (more than the changed tail if the view must reset)
+
+    def reset(self) -> turns.Turn:
+        """Clear the text as a turn of its own ("reset": no ids, no text), so /undo brings it back.
+
+        The settings (and the memory) stay.  SessionError when there is nothing to clear.
+        """
+        self.checkpoint()  # text fed outside a move becomes a turn first, so undoing the reset finds it
+        if not self.ids and not self.text:
+            raise SessionError("the text is already empty")
+        self.context.become([])
+        self._unchanged_chars = 0
+        self.text = ""
+        self._record("reset")
+        return self.turn
 
     def replace_state(self, settings: Settings, root: turns.Turn, current: turns.Turn, view_start: int) -> None:
         """Take a whole saved state (checked by the caller); the cache is rebuilt with one prefill."""

@@ -326,6 +326,7 @@ def _check(session, data: Any, where: str) -> tuple[Settings, turns.Turn, turns.
                              f"{_KIND_WORDS[kind]}, not {_value(data[key])})")
     settings = session.settings.with_values(_settings_values(data["settings"]))
     controls = resolve(session.vocab, settings)  # settings this tokenizer cannot follow are refused here
+    session.encode_memory(settings.memory, controls)  # so is a memory longer than half this model's window
     check = _text_check(session.vocab)
     root, current = turns.from_json(data["turns"], _vocab_size(session), check.allowed_controls)
     if current.ids() != data["ids"] or current.text() != data["text"]:

@@ -60,21 +60,32 @@ def stop_scan(text: str, stops: Sequence[str]) -> tuple[int, int | None]:
 
 
 class TextGate:
-    """Holds generated text back until it is whole and cannot be the start of a stop text.
+    """Holds generated text back until it is whole and cannot be the start of a hidden stop text.
 
-    It tracks how many of the pushed ids have had their text released (`shown_ids`), so that the
-    caller can drop the rest when generation ends and keep the context equal to what was shown.
+    A hidden stop text (`stops`) ends generation and is never shown; a kept one (`keeps`) ends it
+    right after it is written and stays.  Text that may begin a kept stop needs no holding back: it
+    is shown either way.  It tracks how many of the pushed ids have had their text released
+    (`shown_ids`), so that the caller can drop the rest when generation ends and keep the context
+    equal to what was shown.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], context_ids: Sequence[int], stops: Sequence[str]):
+    def __init__(self, decode: Callable[[list[int]], str], context_ids: Sequence[int], stops: Sequence[str],
+                 keeps: Sequence[str] = ()):
         self._decoder = StreamDecoder(decode, context_ids)
         self._stops = tuple(stops)
+        self._keeps = tuple(keeps)
+        # A kept stop may begin in text already released: its last characters are searched with the new.
+        self._tail_size = max((len(k) for k in self._keeps), default=1) - 1
+        self._shown_tail = ""
         self._pushed = 0
         self._pending = ""  # decoded, not yet released
         self._bounds: list[tuple[int, int]] = []  # (ids pushed, length of `_pending`) where a token's text ends
         self.shown_ids = 0
         self.stopped_by: str | None = None
-        self.stop_prefix = ""  # text before the stop that shares a token with it (not released)
+        self.stop_kept = False  # whether `stopped_by` is a kept stop text (shown) or a hidden one
+        # The text up to the cut (before a hidden stop, through a kept one) that shares a token with
+        # what follows it, so was not released: the caller re-encodes it on its own.
+        self.stop_prefix = ""
 
     def push(self, token_id: int) -> str:
         """Add one generated id; return the text that may be shown now (often "")."""
@@ -83,13 +94,33 @@ class TextGate:
         if piece:
             self._pending += piece
             self._bounds.append((self._pushed, len(self._pending)))
-        safe, stop_at = stop_scan(self._pending, self._stops)
-        if stop_at is None:
+        safe, hidden_at = stop_scan(self._pending, self._stops)
+        kept_end, kept = self._kept_match()
+        if kept is not None and (hidden_at is None or kept_end <= hidden_at):
+            cut, self.stopped_by, self.stop_kept = kept_end, kept, True
+        elif hidden_at is not None:
+            cut = hidden_at
+            self.stopped_by = min((s for s in self._stops if self._pending.find(s) == hidden_at), key=len)
+        else:
             return self._release(safe)
-        self.stopped_by = min((s for s in self._stops if self._pending.find(s) == stop_at), key=len)
-        text = self._release(stop_at)
-        self.stop_prefix = self._pending[:stop_at - len(text)]
+        text = self._release(cut)
+        self.stop_prefix = self._pending[:cut - len(text)]
         return text
+
+    def _kept_match(self) -> tuple[int, str | None]:
+        """(where it ends in the pending text, which) for the kept stop text that the new text completes
+        first, or (0, None).  Any that ended earlier would have stopped an earlier push."""
+        window = self._shown_tail + self._pending
+        best: tuple[int, int] | None = None
+        found = None
+        for keep in self._keeps:
+            at = window.find(keep, max(0, len(self._shown_tail) - len(keep) + 1))
+            if at < 0:
+                continue
+            rank = (at + len(keep), -len(keep))  # the first to end; of those, the longest
+            if best is None or rank < best:
+                best, found = rank, keep
+        return (best[0] - len(self._shown_tail), found) if found is not None else (0, None)
 
     def finish(self) -> str:
         """At a normal end, release all whole text (a stop text can no longer complete)."""
@@ -101,4 +132,6 @@ class TextGate:
         text, self._pending = self._pending[:chars], self._pending[chars:]
         self._bounds = [(n, c - chars) for n, c in self._bounds if c > chars]
         self.shown_ids = ids
+        if self._tail_size:
+            self._shown_tail = (self._shown_tail + text)[-self._tail_size:]
         return text

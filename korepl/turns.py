@@ -20,8 +20,8 @@ from typing import Any
 
 from korepl.textin import CONTROL
 
-# Kinds of turn a file may hold.  "reset" is not written yet; it is read so that a file from a
-# korepl that writes it can still be loaded.
+# Kinds of turn a file may hold.  A "reset" (/reset, /clear) keeps nothing of its parent and adds
+# nothing: an empty text that /undo can take back.
 KINDS = frozenset({"start", "typed", "generated", "picked", "edited", "reset"})
 
 
@@ -31,7 +31,7 @@ class TurnError(ValueError):
 
 @dataclass(eq=False)
 class Turn:
-    kind: str  # "start", "typed", "generated", "picked", "edited"
+    kind: str  # "start", "typed", "generated", "picked", "edited", "reset"
     parent: Turn | None = field(repr=False)
     keep_ids: int  # how many of the parent's ids it keeps
     new_ids: tuple[int, ...]
@@ -183,9 +183,9 @@ def from_json(data: Any, vocab_size: int, allowed_controls: str = "") -> tuple[T
     """(root, current) from `to_json`'s output, or TurnError when it does not hold together.
 
     Checked: each node's kind; its parent comes earlier (only the first node, a "start", has none);
-    it keeps no more of its parent's ids and text than the parent has; its ids are whole numbers in
-    [0, vocab_size); its text is text (no surrogates, no control characters but newline, tab and
-    `allowed_controls`); its last_child is one of its own children; `current` is one of the nodes.
+    it keeps no more of its parent's ids and text than the parent has (a "reset" keeps and adds
+    none); its ids are whole numbers in [0, vocab_size); its text is text (no surrogates, no control
+    characters but newline, tab and `allowed_controls`); its last_child is one of its own children; `current` is one of the nodes.
     Time and memory are linear in the size of `data` (lengths are carried from parent to child).
     """
     if not isinstance(data, dict):
@@ -218,6 +218,8 @@ def from_json(data: Any, vocab_size: int, allowed_controls: str = "") -> tuple[T
         if not 0 <= keep_chars <= parent_size[1]:
             raise TurnError(f"turn {i} keeps {_short(keep_chars)} characters of its parent's {parent_size[1]}")
         ids = _get(node, i, "ids", list)
+        if kind == "reset" and (keep_ids or keep_chars or ids or node.get("text")):
+            raise TurnError(f"turn {i} is a reset, which must keep and add nothing")
         if not all(type(x) is int and 0 <= x < vocab_size for x in ids):
             raise TurnError(f"turn {i} has token ids that are not in the vocabulary (0 to {vocab_size - 1})")
         text = _get(node, i, "text", str)

@@ -10,7 +10,7 @@ import hypothesis
 from hypothesis import given, strategies as st
 from prompt_toolkit.document import Document
 
-from korepl import commands
+from korepl import commands, loading, stats
 from korepl.loading import DEMO_MODEL_DIR
 from korepl.repl import CommandCompleter, Repl
 from korepl.settings import load_defaults
@@ -36,6 +36,15 @@ class State:
 
     def model_settings(self):
         return [("model", "none: commands only")]
+
+    def model_facts(self):
+        raise commands.CommandError("the model is still loading; try again in a moment")
+
+    def current_model(self):
+        return "model: none: commands only"
+
+    def switch_model(self, source):
+        raise commands.CommandError("no model can be loaded here: commands only")
 
 
 NAMES = [name for c in commands.COMMANDS for name in (c.name, *c.aliases)]
@@ -110,7 +119,7 @@ def test_completion_offers_names_with_their_help_and_arguments():
     assert {c.text for c in found} == {"/topk", "/topp"}
     assert all(c.display_meta_text for c in found)
     assert {c.text for c in completer.get_completions(Document("/sample u"), None)} == {"uniform"}
-    assert {c.text for c in completer.get_completions(Document("/stop "), None)} == {"add", "del", "list"}
+    assert {c.text for c in completer.get_completions(Document("/stop "), None)} == {"add", "keep", "del", "list"}
     assert list(completer.get_completions(Document("대한민국"), None)) == []
 
 
@@ -172,6 +181,16 @@ class SessionState:
     def model_settings(self):
         return [("model", "demo")]
 
+    def model_facts(self):
+        return stats.model_facts(self.session.loaded, self.settings.threads)
+
+    def current_model(self):
+        return "model: demo"
+
+    def switch_model(self, source):
+        loading.check_source(source)  # the REPL's background load itself is tested in test_runtime.py
+        return f"loading {source} …"
+
 
 @hypothesis.settings(max_examples=80, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 @given(st.one_of(
@@ -192,6 +211,7 @@ def test_any_command_line_with_a_real_session_keeps_it_whole(demo, new_session, 
             list(reply.stream)
     finally:
         os.chdir(folder)
+        loading.apply_threads(0)  # a fuzzed /threads 200 must not slow the tests after it
     assert all(isinstance(x, str) for x in reply.lines)
     assert session.text == session.turn.text() and session.ids == session.turn.ids()
     assert len(session.ids) - session.view_start <= session.window

@@ -18,14 +18,14 @@ HANGUL = r"[\uac00-\ud7a3]"
 class Terminal:
     """A `korepl --demo` process in a pty, with XDG folders of its own under `home`."""
 
-    def __init__(self, home, *args: str, model=("--demo",), extra_env=None):
+    def __init__(self, home, *args: str, model=("--demo",), extra_env=None, dimensions=(40, 160)):
         env = dict(os.environ, TERM="xterm-256color", PROMPT_TOOLKIT_NO_CPR="1", HF_HUB_OFFLINE="1",
                    XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"),
                    PYTHONIOENCODING="utf-8")
         env.update(extra_env or {})
         self.log = ""  # everything printed so far, terminal codes removed
         self.child = pexpect.spawn(sys.executable, ["-m", "korepl", *model, *args], env=env,
-                                   encoding="utf-8", dimensions=(40, 160), timeout=60)
+                                   encoding="utf-8", dimensions=dimensions, timeout=60)
         self.startup = self.until(PROMPT)
         if model == ("--demo",):
             self.wait_ready()
@@ -238,10 +238,10 @@ def test_exploring_in_the_repl(tmp_path):
     assert "took back the line '대한민국의 모든 국민은'" in term.run("/undo")
     assert "brought back '대한민국의 모든 국민은'" in term.run("/redo")
     peek = term.run("/peek 3")
-    candidates = re.findall(r"\n\s+\d\. '([^']+)'\s+\d+\.\d\d%", peek)
+    candidates = re.findall(r"\n\s+\d\.\s+\d+\.\d\d%  (\S+)\s+\d+\.\d\d%", peek)  # number, chance, token, model p
     assert len(candidates) == 3
     term.run("/pick 2")
-    assert candidates[1].replace("▁", "") in term.run("/context")
+    assert candidates[1].replace("␣", "") in term.run("/context")
     saved = tmp_path / "mine.json"
     assert f"saved to {saved}" in term.run(f"/save {saved}")
     assert "no such file; the current session is unchanged" in term.run(f"/load {tmp_path / 'nothing.json'}")

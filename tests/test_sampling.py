@@ -7,7 +7,10 @@ import dataclasses
 import torch
 from hypothesis import given, settings as hsettings, strategies as st
 from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
@@ -119,3 +122,63 @@ def test_same_seed_same_text_and_other_seed_other_text(demo, new_session):
 
     assert sample(42) == sample(42)
     assert sample(42) != sample(43)
+
+
+# --- min_p, and the whole chain in Hugging Face's order ----------------------------------------------
+
+
+@given(logits_and_history(), st.floats(0.0, 1.0))
+def test_min_p_keeps_what_hf_keeps(case, min_p):
+    logits, _ = case
+    ids, scores = sampling.top_k_candidates(logits, VOCAB)
+    keep = sampling.min_p_keep(scores, min_p)
+    theirs = MinPLogitsWarper(min_p)(None, logits[None].clone())[0]
+    assert set(ids[:keep].tolist()) == set(torch.nonzero(torch.isfinite(theirs)).flatten().tolist())
+
+
+def hf_warpers(settings) -> LogitsProcessorList:
+    """The sampling warpers `generate` builds for these settings, in its order (see _get_logits_processor)."""
+    warpers = LogitsProcessorList()
+    if settings.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(settings.temperature))
+    warpers.append(TopKLogitsWarper(settings.top_k))
+    if settings.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(settings.top_p))
+    if settings.min_p > 0.0:
+        warpers.append(MinPLogitsWarper(settings.min_p))
+    return warpers
+
+
+@hsettings(max_examples=150)
+@given(logits_and_history(), st.floats(0.1, 5.0), st.integers(1, VOCAB), st.floats(0.05, 1.0),
+       st.one_of(st.just(0.0), st.floats(0.0, 1.0)))
+def test_softmax_chances_are_what_hf_samples_from(defaults, case, temperature, k, p, min_p):
+    logits, _ = case
+    settings = dataclasses.replace(defaults, greedy=False, sampler="softmax", temperature=temperature, top_k=k,
+                                   top_p=p, min_p=min_p, repetition_penalty=1.0)
+    scores = sampling.PickStep(settings, NO_CONTROLS, decode=lambda ids: "").scores(logits, sampling.At([], 0))
+    ours = sampling.chances(scores, settings)
+    theirs = torch.softmax(hf_warpers(settings)(None, logits[None].clone())[0], dim=-1)  # multinomial draws by these
+    assert set(torch.nonzero(ours).flatten().tolist()) == set(torch.nonzero(theirs).flatten().tolist())
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_min_p_leaves_greedy_alone(demo, new_session):
+    def write(**changes):
+        session = new_session(demo, greedy=True, max_new_tokens=25, stop=(), **changes)
+        session.feed("대한민국의 모든 국민은")
+        return [step.token_id for step in session.generate()]
+
+    assert write(min_p=0.9) == write(min_p=0.0)
+
+
+def test_min_p_one_samples_only_the_likeliest_token(demo, new_session):
+    # min_p 1 keeps only tokens as likely as the best: sampling then writes what greedy writes.
+    def write(**changes):
+        session = new_session(demo, max_new_tokens=25, stop=(), seed=5, **changes)
+        session.feed("대한민국의 모든 국민은")
+        return [step.token_id for step in session.generate()]
+
+    greedy = write(greedy=True)
+    assert write(greedy=False, top_k=50, top_p=1.0, temperature=1.5, min_p=1.0) == greedy
+    assert write(greedy=False, top_k=50, top_p=1.0, temperature=1.5, min_p=0.0) != greedy

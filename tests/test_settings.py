@@ -29,6 +29,10 @@ BAD_VALUES = {
     "window_warn": ["0.4", "1.1", "x"],
     "probs": ["maybe", "2"],
     "mode": ["talk", ""],
+    "min_p": ["-0.1", "1.5", "nan", "some"],
+    "stop_keep": [[""], [1], 4],
+    "memory": [5, ["a list"], "가" * 20_001],
+    "threads": ["-1", "1025", "many", "1.5"],
 }
 GOOD_VALUES = {
     "greedy": ("on", True), "sampler": ("uniform", "uniform"), "top_k": ("3", 3), "top_p": ("0.9", 0.9),
@@ -37,7 +41,8 @@ GOOD_VALUES = {
     "join": ("space", "space"),
     "no_repeat_ngram_size": ("3", 3), "repetition_window": ("64", 64), "ban": (["법률"], ("법률",)),
     "min_new_tokens": ("1", 1), "newline": ("<unused0>", "<unused0>"), "window_warn": ("0.8", 0.8),
-    "probs": ("on", True), "mode": ("chat", "chat"),
+    "probs": ("on", True), "mode": ("chat", "chat"), "min_p": ("0.05", 0.05),
+    "stop_keep": (["다."], ("다.",)), "memory": ("주인공은 민수다.", "주인공은 민수다."), "threads": ("2", 2),
 }
 
 
