@@ -250,11 +250,13 @@ def _memory(state: State, args: str) -> Reply:
             return info("no memory: /memory TEXT gives the model a text it sees first, however long the writing grows")
         count = f"{session.memory_tokens} tokens" if session is not None else "counted once the model has loaded"
         return info(f"memory ({count}), seen first by the model:", memory)
-    session = _needs_session(state)  # its length is checked against the model's window
     new = "" if args == "clear" else args
     if new == state.settings.memory:
         return info("the memory is unchanged" if new else "there is no memory to clear")
     state.settings = state.settings.with_value("memory", new)  # SettingError if too long: nothing changes
+    session = state.session
+    if session is None:  # its length is checked against the window once the model has loaded
+        return info("memory set; the model will see it first once it has loaded")
     what = f"memory = {session.memory_tokens} tokens, seen first" if new else "memory cleared"
     return info(f"{what}; the model re-reads only what changed ({session.pending} tokens)")
 

@@ -123,6 +123,10 @@ class Context:
         """Keep the promise that the model's view is never longer than its window (slide when it would be)."""
         if len(self.memory) + len(self.ids) - self.view_start > self.window:
             self.slide()
+        elif self.view_start and len(self.memory) + len(self.ids) <= self.window:
+            # The whole text fits again (after an undo or a /goto back past a slide): the model sees
+            # all of it, as it would after a fresh start on the same text.
+            self.reset_view(0)
 
     def slide(self) -> None:
         """Look at only the most recent `keep` share of the room the memory leaves; rebuilt when next run."""

@@ -151,3 +151,18 @@ def test_tree_command_lists_the_legend_then_the_tree(demo, new_session):
     assert not reply.error
     assert reply.lines[0].startswith("9 turns; ● the path") and "/goto N" in reply.lines[0]
     parsed(reply.lines[1:])
+
+
+def test_goto_back_past_a_slide_sees_the_whole_text_again_as_a_fresh_start_would(demo, new_session):
+    session = new_session(demo, greedy=True, max_new_tokens=700, min_new_tokens=700, stop=(), window_keep=0.5,
+                          memory="주인공은 국회의원 민수다.")
+    session.add_line("대한민국 국회는 법률을 정한다.")
+    drain(session.generate())
+    short = session.turn  # 700 tokens and the memory: within the window
+    drain(session.generate())
+    assert session.slides >= 1 and session.view_start > 0
+    commands.run_command(SessionState(session), f"/goto {tree.numbers(session.root)[id(short)]}")
+    assert session.ids == short.ids() and session.view_start == 0
+    fresh = new_session(demo, greedy=True, memory="주인공은 국회의원 민수다.")
+    fresh.context.become(short.ids())
+    torch.testing.assert_close(session.next_logits(), fresh.next_logits(), rtol=0, atol=1e-5)
