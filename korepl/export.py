@@ -9,9 +9,6 @@ never made, since a typo in a path should not leave folders about.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 from pathlib import Path
 
 from korepl import store, turns
@@ -100,32 +97,9 @@ def export(session, target: str | Path, alternatives: bool = False) -> str:
     content = plain(session) if suffix == ".txt" else markdown(session, alternatives)
     existed = path.exists()
     try:
-        _write_atomic(path, content.encode("utf-8"))
+        store.write_bytes(path, content.encode("utf-8"), 0o644)
     except (OSError, ValueError) as exc:  # ValueError: a name holding a NUL byte
         reason = getattr(exc, "strerror", None) or exc
         raise ExportError(f"cannot write {str(path)!r} ({reason}); nothing was written") from None
     what = "Markdown" if suffix == ".md" else "text"
     return f"exported the {what} to {path}" + (" (it replaced the file that was there)" if existed else "")
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    """Temporary file in the same folder (named as store's, so its stale-temp sweep clears debris), fsync, rename."""
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    store.remove_stale_temps(path.parent, path.name)

@@ -110,8 +110,13 @@ def write(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Compact: a list of ids on one line each (indent) made files 3x larger and saves slower.
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).translate(_ESCAPE_DEL_AND_C1).encode("utf-8")
+    write_bytes(path, payload)
+
+
+def write_bytes(path: Path, payload: bytes, mode: int = 0o600) -> None:
+    """`payload` to `path` atomically, in a folder that exists (session files and exports alike)."""
     temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

@@ -24,7 +24,9 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed with korepl
     sys.path.insert(0, str(REPO))
 
 from benchmarks.fixtures import build_kogpt2_shaped, hf_reference  # noqa: E402
+from korepl import context as context_module  # noqa: E402
 from korepl.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
+from korepl.runner import HubRunner  # noqa: E402
 from korepl.session import Session  # noqa: E402
 from korepl.settings import load_defaults  # noqa: E402
 
@@ -66,3 +68,17 @@ def new_session(defaults):
 def hf_greedy():
     """hf_greedy(loaded, prompt, max_new_tokens, stops=(), **generate kwargs) -> generate's greedy new ids."""
     return hf_reference
+
+
+@pytest.fixture(params=["static", "hub"])
+def runner(request, monkeypatch):
+    """A cache check run on both runners: GPT-2's preallocated cache and transformers' DynamicCache."""
+    if request.param == "hub":
+        monkeypatch.setattr(context_module, "make_runner", HubRunner)
+    return request.param
+
+
+def full_forward_logits(loaded, ids: list[int]) -> torch.Tensor:
+    """The reference for every cache check: one plain forward pass over `ids`, no cache."""
+    with torch.inference_mode():
+        return loaded.model(torch.tensor([ids])).logits[0, -1].float()

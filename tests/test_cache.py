@@ -5,22 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from korepl import context as context_module
-from korepl.runner import HubRunner
 from benchmarks.fixtures import drain
+from conftest import full_forward_logits
 
-
-@pytest.fixture(autouse=True, params=["static", "hub"])
-def runner(request, monkeypatch):
-    """Every test runs on both runners: GPT-2's preallocated cache and transformers' DynamicCache."""
-    if request.param == "hub":
-        monkeypatch.setattr(context_module, "make_runner", HubRunner)
-    return request.param
-
-
-def full_forward_logits(loaded, ids: list[int]) -> torch.Tensor:
-    with torch.inference_mode():
-        return loaded.model(torch.tensor([ids])).logits[0, -1].float()
+pytestmark = pytest.mark.usefixtures("runner")  # every test on both runners
 
 
 def assert_cache_matches(session) -> None:

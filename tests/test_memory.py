@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from benchmarks.fixtures import drain
+from conftest import full_forward_logits
 from korepl import commands, sampling, store
-from korepl import context as context_module
-from korepl.runner import HubRunner
 from korepl.settings import SettingError
 
 from test_commands import SessionState
@@ -23,19 +22,6 @@ from test_repl_pty import Terminal
 PREMISE = "주인공 민수는 서울의 작은 서점에서 일한다. 그는 비 오는 날을 좋아한다."
 LONG = " ".join(["대한민국은 민주공화국이다. 모든 권력은 국민으로부터 나온다."] * 60)  # more than the window
 CLAUSE = "국회는 법률에 저촉되지 아니하는 범위안에서 의사와 내부규율에 관한 규칙을 제정할 수 있다. "
-
-
-@pytest.fixture(params=["static", "hub"])
-def runner(request, monkeypatch):
-    """Cache checks run on both runners: GPT-2's preallocated cache and transformers' DynamicCache."""
-    if request.param == "hub":
-        monkeypatch.setattr(context_module, "make_runner", HubRunner)
-    return request.param
-
-
-def full_forward_logits(loaded, ids: list[int]) -> torch.Tensor:
-    with torch.inference_mode():
-        return loaded.model(torch.tensor([ids])).logits[0, -1].float()
 
 
 def assert_sees_memory_first(session) -> None:

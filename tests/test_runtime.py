@@ -14,6 +14,7 @@ import torch
 from benchmarks.fixtures import build_kogpt2_shaped
 from korepl import commands, loading, stats
 from test_repl_pty import ANSI, PROMPT, Terminal
+from test_commands import SessionState
 
 PROMPT_TEXT = "대한민국의 모든 국민은"
 FIGURES = ("total duration", "load duration", "prompt eval count", "prompt eval duration", "prompt eval rate",
@@ -64,22 +65,6 @@ def test_stats_follow_the_session_counts(demo, new_session):
     list(session.generate())  # the cache holds everything but the last token: the prefill runs almost nothing
     assert stats.of(session) is not first and stats.of(session).prompt_tokens < fed
     assert stats.count(125_164_800) == "125.2M" and stats.count(8_390_656) == "8.4M" and stats.count(950) == "950"
-
-
-class SessionState:
-    """The REPL's side of the commands around one real session (what Repl provides, without a terminal)."""
-
-    def __init__(self, session):
-        self.session = session
-        self.load_error = None
-
-    @property
-    def settings(self):
-        return self.session.settings
-
-    @settings.setter
-    def settings(self, value):
-        self.session.settings = value
 
 
 def test_threads_change_torch_threads_and_a_bad_value_changes_nothing(demo, new_session):
