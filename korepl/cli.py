@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from korepl import __version__, paths, textin
+from korepl.errors import UserError
 from korepl.loading import DEFAULT_MODEL, DEMO_MODEL_DIR, ModelUnavailable, apply_threads, load_model
 from korepl.settings import (
     DEVICES,
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "numbers; auto measures this machine once and picks the fastest)")
     source.add_argument("--quantize", choices=QUANTIZE,
                         help="int8: every linear layer as dynamic int8, CPU only (default none)")
+    source.add_argument("--backend", metavar="URL",
+                        help="a serving engine that runs the model (llama.cpp's llama-server, vLLM, SGLang), such "
+                             "as http://127.0.0.1:8080 (with or without /v1); --model then names its tokenizer. "
+                             "The API key comes from KOREPL_API_KEY or OPENAI_API_KEY, or api_key_command "
+                             "in the config file. --backend '' runs the model here")
+    source.add_argument("--insecure", action="store_true",
+                        help="with an https --backend: do not check the server's TLS certificate (warns)")
 
     saved = parser.add_argument_group("sessions (each REPL run is saved after every turn)")
     saved.add_argument("--resume", nargs="?", const="", metavar="FILE",
@@ -103,7 +111,9 @@ def config_from_args(args: argparse.Namespace, base: Config) -> Config:
     keep = parse_keep_sessions(args.keep_sessions) if args.keep_sessions is not None else base.keep_sessions
     return Config(model=model, device=args.device or base.device, dtype=args.dtype or base.dtype,
                   quantize=args.quantize or base.quantize, decoding=base.decoding.with_values(values),
-                  keep_sessions=keep, chosen=base.chosen | frozenset(values))
+                  keep_sessions=keep, chosen=base.chosen | frozenset(values),
+                  backend=(args.backend if args.backend is not None else base.backend).strip(),
+                  api_key_command=base.api_key_command, insecure=args.insecure)
 
 
 def clean_args(args: argparse.Namespace, notices: list[str]) -> None:
@@ -175,12 +185,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(notice, file=sys.stderr)
     apply_threads(config.decoding.threads)  # before loading: the load runs on them too
     try:
-        loaded = load_model(config.model, config.device, config.dtype, config.quantize)
+        if config.backend and config.insecure:
+            from korepl.backend import warn_insecure
+
+            warn_insecure()
+        from korepl.backend import load
+
+        loaded = load(config)
     except ModelUnavailable as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
+    except UserError as exc:  # a server that cannot be used, an api_key_command that failed
+        print(f"korepl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    if loaded.remote is not None:
+        from korepl import backend
+
+        settings, notes = backend.supported(loaded, config.decoding)  # what the server cannot honour: off
+        for note in notes:
+            print(note, file=sys.stderr)
+        config = dataclasses.replace(config, decoding=settings)
     return run_once(loaded, prompt, config, verbose=args.verbose)
 
 
@@ -203,6 +229,10 @@ def run_once(loaded, prompt: str, config: Config, verbose: bool = False) -> int:
             out.write(step.text)
             out.flush()
     except SessionError as exc:  # nothing to continue from (an empty prompt on a model without a start token)
+        print(f"korepl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UserError as exc:  # the serving engine failed mid-answer: what was printed stays
+        out.write("\n" if out.isatty() else "")
         print(f"korepl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

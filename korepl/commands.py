@@ -43,6 +43,10 @@ class State(Protocol):
 
     def switch_model(self, source: str) -> str: ...  # start loading another model; ModelUnavailable if it cannot
 
+    def current_backend(self) -> str: ...  # one line: the server the model runs on, or that it runs here
+
+    def switch_backend(self, url: str) -> str: ...  # start switching to a server (or "off"); RemoteError if bad
+
 
 class CommandError(UserError):
     """A bad argument: the message says what is allowed."""
@@ -144,6 +148,12 @@ def _model(state: State, args: str) -> Reply:
     if not args:
         return info(state.current_model())
     return info(state.switch_model(args))
+
+
+def _backend(state: State, args: str) -> Reply:
+    if not args:
+        return info(state.current_backend())
+    return info(state.switch_backend(args))
 
 
 def _stats(state: State, args: str) -> Reply:
@@ -473,6 +483,8 @@ COMMANDS: tuple[Command, ...] = (
             "every setting", _show, choices=("info", "settings")),
     Command("model", "[NAME|PATH]", "switch to another model (hub id or folder); the text stays. Bare: which "
             "model is in use", _model),
+    Command("backend", "[URL|off]", "run the model on a serving engine (llama-server, vLLM) or, off, here; the "
+            "text stays. Bare: where it runs", _backend, choices=("off",)),
     Command("stats", "", "timings and token counts of the last continuation, as Ollama's --verbose", _stats),
     Command("undo", "", "take back the last continuation; again, the line before it", _undo),
     Command("redo", "", "bring back what /undo took", _redo),

@@ -21,7 +21,7 @@ from collections.abc import Hashable, Sequence
 import torch
 
 from korepl.loading import LoadedModel
-from korepl.runner import make_runner
+from korepl.runner import RemoteRunner, make_runner
 
 # Places whose next-token logits are kept, so that moving between recent turns runs no model.
 # Bounded: a logits vector is a vocabulary's worth of floats, too much to keep for every turn of a long session.
@@ -37,7 +37,7 @@ class Context:
         self.memory: list[int] = []  # ids the model always sees first, kept apart from the text's ids
         self.view_start = 0  # the model sees memory + ids[view_start:]
         # The model and its KV cache, which holds (memory + ids[view_start:])[:runner.cached_len].
-        self.runner = make_runner(loaded.model, loaded.device)
+        self.runner = RemoteRunner() if loaded.remote is not None else make_runner(loaded.model, loaded.device)
         self.tokens_run = 0  # tokens passed through the model so far (tests and benchmarks read it)
         self.slides = 0
         self.unchanged = 0  # how many leading ids are as they were at the last `mark`

@@ -56,12 +56,22 @@ class LoadedModel:
     precision_note: str = "asked for"  # why: asked for, or what `auto` measured
     parameters: int = 0  # counted before int8 packs the weights away from .parameters()
     load_seconds: float = 0.0
+    remote: object = None  # a korepl.remote.Remote when a serving engine runs the model (korepl.backend)
+    window_size: int | None = None  # set for a remote model: what the server and the tokenizer allow
 
     @property
     def window(self) -> int:
         """How many positions the model can see at once."""
+        if self.window_size is not None:
+            return self.window_size
         config = self.model.config
         return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
+
+
+    @property
+    def where(self) -> str:
+        """Where the model runs, as /settings and /show info say it: cpu, cuda, or remote."""
+        return "remote" if self.remote is not None else str(self.device)
 
 
 def resolve_device(choice: str) -> torch.device:

@@ -60,7 +60,7 @@ class Printer:
         return speed
 
     def _stream(self, session, steps, probs: bool) -> tuple[str, float | None]:
-        from korepl.session import SessionError  # loaded with the model, not before the prompt shows
+        from korepl.errors import UserError
 
         start_len, started = len(session.ids), time.perf_counter()
         at_line_start, written = True, ""
@@ -72,8 +72,9 @@ class Printer:
                     with guard.shield():
                         say(text, token_style(step.probability, probs), end="")
                         written += text
-            except SessionError as exc:  # a move that cannot be made now (an empty text, no start token)
-                say(str(exc), "error")
+            except UserError as exc:  # a move that cannot be made now (an empty text), a server that failed
+                say(("" if at_line_start else "\n") + str(exc), "error")
+                at_line_start = True
             except KeyboardInterrupt:
                 steps.close()
                 say("" if at_line_start else "\n", end="")

@@ -51,6 +51,7 @@ class Token:
 
     id: int
     top: tuple[tuple[int, float], ...] = ()
+    probability: float | None = None  # the engine's probability of this token, when it says (with n_probs)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Engine:
     logprobs: bool = True  # top-N candidates per token
     extra_sampling: frozenset[str] = frozenset({"top_k", "min_p", "repetition_penalty"})
     api: str = "openai"  # the wire shape stream() uses: "llama.cpp" or "openai"
+    vocab_size: int | None = None  # the model's vocabulary, when the engine says it (llama.cpp's n_vocab)
+    min_tokens: bool = False  # honours a minimum number of new tokens (vLLM's, SGLang's min_tokens)
 
     def cannot(self) -> str | None:
         """Why korepl cannot continue a text with this engine, or None."""
@@ -108,8 +111,10 @@ def shown(url: str) -> str:
 class _Http:
     """One request at a time to one server; errors become RemoteError."""
 
-    def __init__(self, base_url: str, key: str | None, connect_timeout: float, read_timeout: float):
+    def __init__(self, base_url: str, key: str | None, connect_timeout: float, read_timeout: float,
+                 insecure: bool = False):
         self.base_url = base_url
+        self.insecure = insecure
         self.key = key
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -130,8 +135,12 @@ class _Http:
              accept: str = "application/json") -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send a request; return the connection and a 2xx response (the caller closes the connection)."""
         if self.scheme == "https":
+            context = ssl.create_default_context()
+            if self.insecure:  # --insecure: the user asked for no certificate checks (and was warned)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
             connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self.host, self.port, timeout=self.connect_timeout, context=ssl.create_default_context())
+                self.host, self.port, timeout=self.connect_timeout, context=context)
         else:
             connection = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
         headers = {"Accept": accept, "User-Agent": "korepl"}
@@ -242,16 +251,18 @@ class Remote:
     """A probed engine: `stream` continues a list of token ids with token ids."""
 
     def __init__(self, engine: Engine, key: str | None = None, connect_timeout: float = CONNECT_TIMEOUT,
-                 read_timeout: float = READ_TIMEOUT):
+                 read_timeout: float = READ_TIMEOUT, insecure: bool = False):
         self.engine = engine
-        self._http = _Http(engine.base_url, key, connect_timeout, read_timeout)
+        self._http = _Http(engine.base_url, key, connect_timeout, read_timeout, insecure)
+        self.last_timings: dict | None = None  # llama.cpp's figures for the last stream (cache_n, prompt_ms, ...)
 
     def __repr__(self) -> str:
         return f"Remote({self.engine!r})"  # never the key
 
     def stream(self, prompt_ids: Sequence[int], max_tokens: int, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,
-               stop: Sequence[int] = (), n_probs: int = 0, ignore_eos: bool = False) -> Iterator[Token]:
+               stop: Sequence[int] = (), n_probs: int = 0, ignore_eos: bool = False,
+               min_tokens: int = 0, ban_ids: Sequence[int] = (), streamed: bool = True) -> Iterator[Token]:
         """Yield the engine's continuation of `prompt_ids`, one Token at a time.
 
         temperature 0 is greedy.  top_k 0, top_p 1.0, min_p 0.0 and repetition_penalty 1.0 are off
@@ -261,6 +272,11 @@ class Remote:
         it (it is then never picked, and missing from `top`).  `n_probs` > 0 fills each Token's
         `top` with that many (id, probability) pairs: after the sampling chain when sampling, a
         plain softmax when greedy (what korepl's own peek shows).
+
+        `streamed` False: one answer, read whole.  llama.cpp holds a token whose text is an unfinished
+        UTF-8 character back from its stream until the character is complete, and drops it when the
+        stream ends there (at max_tokens): a stream can yield fewer tokens than it generated.  The
+        answer read whole has them all.
         """
         reason = self.engine.cannot()
         if reason:
@@ -270,6 +286,8 @@ class Remote:
         unsupported = [name for name, value, off in (("top_k", top_k, 0), ("min_p", min_p, 0.0),
                                                      ("repetition_penalty", repetition_penalty, 1.0))
                        if value != off and name not in self.engine.extra_sampling]
+        if min_tokens and not self.engine.min_tokens:
+            unsupported.append("min_tokens")
         if unsupported:
             raise RemoteError(f"{shown(self.engine.base_url)}: {self.engine.name} has no {', '.join(unsupported)}; "
                               "turn it off to use this server")
@@ -282,8 +300,41 @@ class Remote:
             path, body, read = "/v1/completions", self._openai_body(ids, max_tokens, temperature, top_k, top_p, min_p,
                                                                     repetition_penalty, seed, n_probs), _openai_tokens
             body["ignore_eos"] = ignore_eos
+            if min_tokens:
+                body["min_tokens"] = min_tokens
+        if ban_ids:  # never written (korepl's suppressed special tokens): a bias of -inf, as the engines spell it
+            body["logit_bias"] = ([[int(i), False] for i in ban_ids] if self.engine.api == "llama.cpp"
+                                  else {str(int(i)): -100 for i in ban_ids})
         stops = frozenset(stop)
+        if not streamed:
+            body["stream"] = False
+            return self._whole(path, body, read, stops, max_tokens)
         return self._events(path, body, read, stops, max_tokens)
+
+    def _whole(self, path: str, body: dict, read, stops: frozenset[int], max_tokens: int) -> Iterator[Token]:
+        http_ = self._http
+        self.last_timings = None
+        connection, response = http_.open("POST", path, body)
+        try:
+            try:
+                raw = response.read()
+            except BaseException as error:
+                raise http_.failure(error, path) from None
+        finally:
+            connection.close()
+        try:
+            chunk = json.loads(raw)
+        except ValueError:
+            raise RemoteError(f"{http_.where(path)}: sent an answer that is not JSON; is this a serving engine?") from None
+        if not isinstance(chunk, dict):
+            raise RemoteError(f"{http_.where(path)}: sent an unexpected answer")
+        if isinstance(chunk.get("timings"), dict):
+            self.last_timings = chunk["timings"]
+        tokens, _ = read(chunk, http_.where(path))
+        for count, token in enumerate(tokens, 1):
+            yield token
+            if token.id in stops or count >= max_tokens:
+                return
 
     def _llama_cpp_body(self, ids, max_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, n_probs):
         body = {
@@ -316,6 +367,7 @@ class Remote:
 
     def _events(self, path: str, body: dict, read, stops: frozenset[int], max_tokens: int) -> Iterator[Token]:
         http_ = self._http
+        self.last_timings = None
         connection, response = http_.open("POST", path, body, accept="text/event-stream")
         count = 0
         try:
@@ -332,6 +384,8 @@ class Remote:
                 if "error" in chunk:
                     raise RemoteError(f"{http_.where(path)}: the server failed mid-answer: "
                                       f"{http_.scrub(server_message(event.encode()))}; see the server's log")
+                if isinstance(chunk.get("timings"), dict):
+                    self.last_timings = chunk["timings"]
                 tokens, done = read(chunk, http_.where(path))
                 for token in tokens:
                     yield token
@@ -389,7 +443,8 @@ def _llama_cpp_tokens(chunk: dict, where: str) -> tuple[list[Token], bool]:
     if probs and len(probs) != len(ids):
         raise RemoteError(f"{where}: sent {len(ids)} token ids with {len(probs)} probability lists; "
                           "update the server")
-    tokens = [Token(int(i), tops[n] if tops else ()) for n, i in enumerate(ids)]
+    chosen = [entry.get("prob", math.exp(entry["logprob"]) if "logprob" in entry else None) for entry in probs]
+    tokens = [Token(int(i), tops[n] if tops else (), chosen[n] if chosen else None) for n, i in enumerate(ids)]
     if not ids and chunk.get("content") and not chunk.get("stop"):
         raise RemoteError(f"{where}: sent text without token ids; it needs return_tokens (llama.cpp b4000 or later)")
     return tokens, bool(chunk.get("stop"))
@@ -423,13 +478,16 @@ def _openai_tokens(chunk: dict, where: str) -> tuple[list[Token], bool]:
 
 
 def probe(base_url: str, key: str | None = None, timeout: float = CONNECT_TIMEOUT,
-          read_timeout: float = READ_TIMEOUT) -> Remote:
-    """Find which engine answers at `base_url` (with or without /v1) and what it supports."""
+          read_timeout: float = READ_TIMEOUT, insecure: bool = False) -> Remote:
+    """Find which engine answers at `base_url` (with or without /v1) and what it supports.
+
+    `insecure`: TLS certificates are not checked (korepl's --insecure, which warns).
+    """
     base = normalize(base_url)
     key = key if key is not None else api_key()
-    http_ = _Http(base, key, timeout, timeout)
+    http_ = _Http(base, key, timeout, timeout, insecure)
     engine = _identify(http_)
-    return Remote(engine, key, timeout, read_timeout)
+    return Remote(engine, key, timeout, read_timeout, insecure)
 
 
 def _identify(http_: _Http) -> Engine:
@@ -438,21 +496,28 @@ def _identify(http_: _Http) -> Engine:
     if isinstance(props, dict) and ("default_generation_settings" in props or "build_info" in props):
         settings = props.get("default_generation_settings") or {}
         n_ctx = settings.get("n_ctx") or (settings.get("params") or {}).get("n_ctx")
-        model = _first_model(http_) or os.path.basename(str(props.get("model_path", ""))) or None
+        models = _models(http_)
+        model = _model_entry(models)[0] or os.path.basename(str(props.get("model_path", ""))) or None
+        meta = (models or {}).get("data", [{}])[0].get("meta") if isinstance(models, dict) and models.get("data") \
+            else None
+        n_vocab = meta.get("n_vocab") if isinstance(meta, dict) else None
         return Engine(base, "llama.cpp", model=model, version=props.get("build_info"),
-                      context_length=int(n_ctx) if n_ctx else None, api="llama.cpp")
+                      context_length=int(n_ctx) if n_ctx else None, api="llama.cpp",
+                      vocab_size=int(n_vocab) if isinstance(n_vocab, int) else None)
     ollama = http_.get_json("/api/version")
     if isinstance(ollama, dict) and "version" in ollama:
         return Engine(base, "ollama", model=_first_model(http_), version=str(ollama["version"]),
                       token_prompts=False, returns_ids=False, logprobs=False, extra_sampling=frozenset())
     sglang = http_.get_json("/get_model_info")
     if isinstance(sglang, dict) and "model_path" in sglang:
-        return Engine(base, "sglang", model=_first_model(http_) or sglang.get("model_path"), returns_ids=None)
+        return Engine(base, "sglang", model=_first_model(http_) or sglang.get("model_path"), returns_ids=None,
+                      min_tokens=True)
     vllm = http_.get_json("/version")
     if isinstance(vllm, dict) and "version" in vllm:
         models = http_.get_json("/v1/models")
         model, length = _model_entry(models)
-        return Engine(base, "vllm", model=model, version=str(vllm["version"]), context_length=length)
+        return Engine(base, "vllm", model=model, version=str(vllm["version"]), context_length=length,
+                      min_tokens=True)
     models = http_.get_json("/v1/models")
     if isinstance(models, dict) and isinstance(models.get("data"), list):
         model, length = _model_entry(models)
@@ -468,6 +533,13 @@ def _model_entry(models) -> tuple[str | None, int | None]:
         length = entry.get("max_model_len")
         return entry.get("id"), int(length) if length else None
     return None, None
+
+
+def _models(http_: _Http):
+    try:
+        return http_.get_json("/v1/models")
+    except RemoteError:
+        return None
 
 
 def _first_model(http_: _Http) -> str | None:

@@ -32,6 +32,7 @@ from prompt_toolkit.styles import merge_styles
 
 from korepl import commands, journal, paths, printer, store, textin, toolbar
 from korepl.controls import readable
+from korepl.errors import UserError
 from korepl.loading import DEMO_MODEL_DIR, ModelUnavailable
 from korepl.printer import say
 from korepl.settings import Config, SettingError, Settings
@@ -72,11 +73,13 @@ class BackgroundLoad:
     def _run(self, config: Config) -> None:
         source = config.model
         try:
-            from korepl.loading import load_model
+            from korepl.backend import load
 
-            self.loaded = load_model(source, config.device, config.dtype, config.quantize)
+            self.loaded = load(config)  # here, or (with a backend) the tokenizer and the probed server
         except ModelUnavailable as exc:
             self.error = str(exc)
+        except UserError as exc:  # a server that cannot be used, an api_key_command that failed
+            self.error = f"korepl: {exc}"
         except Exception as exc:  # anything else still reaches the user as one paragraph
             self.error = f"korepl could not load the model '{source}': {exc}"
         finally:
@@ -130,6 +133,10 @@ class Repl:
         self.last_speed: float | None = None  # tokens a second of the last continuation (the toolbar shows it)
         self._toolbar = toolbar.create_toolbar_tokens_func(self)
         self._notices = list(notices)  # printed before the next prompt
+        if config.backend and config.insecure:
+            from korepl.backend import INSECURE_WARNING
+
+            self._notices.append(INSECURE_WARNING)
         self._resume = resume
         self._load_error_shown = False
         self._terminal = BusyTerminal()  # between prompts: keys typed meanwhile wait for the next prompt
@@ -177,7 +184,14 @@ class Repl:
         model = self.model_label
         if self._switch is not None:
             model += f" (loading {label_of(self._switch.config.model)} to switch to)"
-        return [("model", model), ("device", str(loaded.device) if loaded else self.config.device),
+        backend = "(none: the model runs here)"
+        if loaded is not None and loaded.remote is not None:
+            from korepl.backend import server_label
+
+            backend = server_label(loaded) + (" (TLS not checked)" if self.config.insecure else "")
+        elif self.config.backend:
+            backend = self.config.backend
+        return [("model", model), ("backend", backend), ("device", loaded.where if loaded else self.config.device),
                 ("dtype", self.config.dtype), ("quantize", self.config.quantize), ("precision", in_effect),
                 ("session file", self._session_file())]
 
@@ -210,14 +224,47 @@ class Repl:
         from korepl.loading import check_source
 
         source = str(DEMO_MODEL_DIR) if source == "demo" else source
-        check_source(source)
-        config = dataclasses.replace(self.config, model=source)
+        if not self.config.backend:  # with a backend only the tokenizer loads: the server's probe checks the rest
+            check_source(source)
+        return self._switch_to(dataclasses.replace(self.config, model=source))
+
+    def current_backend(self) -> str:
+        """What /backend shows: the server the model runs on, or that it runs here."""
+        loaded = self._load.loaded
+        if loaded is not None and loaded.remote is not None:
+            from korepl.backend import server_label
+
+            line = f"backend: {server_label(loaded)}"
+        else:
+            line = f"backend: {self.config.backend or 'none (the model runs here)'}"
+        if self._switch is not None:
+            line += f"; switching to {self._switch.config.backend or 'the model run here'}"
+        return line
+
+    def switch_backend(self, url: str) -> str:
+        """/backend URL|off: the same model's tokenizer with another server, or the model run here.
+
+        Loaded (probed) in the background as /model does; the writer keeps writing meanwhile.  A bad
+        address is refused at once (RemoteError, nothing changes).
+        """
+        from korepl.remote import normalize
+
+        url = "" if url.strip().lower() in ("off", "none", "local") else normalize(url)
+        if not url:
+            from korepl.loading import check_source
+
+            check_source(self.config.model)  # the weights must be here to run it here
+        return self._switch_to(dataclasses.replace(self.config, backend=url))
+
+    def _switch_to(self, config: Config) -> str:
+        """Load `config`'s model (here or on its backend) in the background, then switch to it between turns."""
+        label = label_of(config.model) + (f" on {config.backend}" if config.backend else "")
         if self._load.loaded is None:  # no model in use (still loading, or it failed): this one replaces it
             self._load, self._load_error_shown = BackgroundLoad(config), False
-            self.config, self.model_label = config, label_of(source)
-            return f"loading {self.model_label} …"
+            self.config, self.model_label = config, label_of(config.model)
+            return f"loading {label} …"
         self._switch = BackgroundLoad(config)
-        return f"loading {label_of(source)} in the background; the text stays with {self.model_label} meanwhile"
+        return f"loading {label} in the background; the text stays with {self.model_label} meanwhile"
 
     def _take_switched_model(self) -> None:
         """Once a /model load is done: a new session on it, holding the writer's text re-encoded."""
@@ -226,6 +273,12 @@ class Repl:
             return
         self._switch = None
         label = label_of(pending.config.model)
+        if pending.loaded is not None and pending.loaded.remote is not None:
+            from korepl.backend import server_label
+
+            label += f" on {server_label(pending.loaded)}"
+        elif pending.config.backend != self.config.backend:
+            label += " (run here)"
         if pending.error:
             self._notices.append(f"{pending.error} (still writing with {self.model_label})")
             self._print_notices()
@@ -234,7 +287,7 @@ class Repl:
             old, before = self._session, (self._load, self.config, self.model_label, self._settings)
             if old is not None:
                 self._settings = old.settings
-            self._load, self.config, self.model_label = pending, pending.config, label
+            self._load, self.config, self.model_label = pending, pending.config, label_of(pending.config.model)
             try:
                 session = self._carry_text(self._new_session(), old.text) if old is not None else None
             except SettingError as exc:  # a setting no fallback fixes (a memory too long for its window)
@@ -301,6 +354,11 @@ class Repl:
     def _new_session(self):
         from korepl.session import MemoryTooLong, Session  # loaded with the model, not before the prompt shows
 
+        if self._load.loaded.remote is not None:  # what the server cannot honour is turned off, and said
+            from korepl.backend import supported
+
+            self._settings, notes = supported(self._load.loaded, self._settings)
+            self._notices.extend(notes)
         try:
             return Session(self._load.loaded, self._settings)
         except MemoryTooLong as exc:  # a memory (config, flag) longer than half this model's window

@@ -176,5 +176,25 @@ def _norm(module):
     return lambda x: F.layer_norm(x, shape, weight, bias, eps)
 
 
+class RemoteRunner:
+    """The model runs in a serving engine (korepl.backend): this keeps only the count a cache would hold,
+    so that the context's window policy (when to slide) is the same as for a model run here.  `run`
+    returns no logits; the session streams token ids from the engine instead (its prompt cache is the KV cache).
+    """
+
+    def __init__(self):
+        self.cached_len = 0
+
+    def run(self, chunk: list[int]) -> None:
+        self.cached_len += len(chunk)
+        return None
+
+    def crop(self, length: int) -> None:
+        self.cached_len = min(self.cached_len, length)
+
+    def reset(self) -> None:
+        self.cached_len = 0
+
+
 def make_runner(model, device: torch.device) -> StaticRunner | HubRunner:
     return StaticRunner(model, device) if StaticRunner.supports(model) else HubRunner(model, device)

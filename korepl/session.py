@@ -2,13 +2,16 @@
 
 Feeding text encodes only that text; the context (korepl/context.py) keeps the ids and the KV cache in
 step and runs only what is pending.  Generating is one forward pass over one token per step, each
-token chosen by the pick step (korepl/sampling.py) built from the settings.  A move (undo, redo,
+token chosen by the pick step (korepl/sampling.py) built from the settings; or, with a serving engine
+as the model (korepl.backend), the token ids come from its stream over what the model sees (memory +
+view), and everything after the choice (stops, the text gate, turns, the window) is the same code.  A move (undo, redo,
 retry, /alt, pick, edit) makes a turn's ids the context's with `Context.become`; every change worth
 keeping becomes a turn of the tree (korepl/turns.py), which holds ids and text, never tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,6 +97,11 @@ class Session:
     @settings.setter
     def settings(self, value: Settings) -> None:
         """Take new settings; SettingError (nothing changed) when this tokenizer cannot follow them."""
+        if self.loaded.remote is not None:  # a serving engine runs the model: refuse what it cannot honour
+            from korepl import backend
+
+            for name, why in backend.refusals(self.loaded.remote.engine, value):
+                raise SettingError(backend.refusal_message(self.loaded, name, why))
         controls = resolve(self.vocab, value)
         memory = self.encode_memory(value.memory, controls)  # may refuse, so before anything changes
         self.controls: Controls = controls
@@ -256,23 +264,25 @@ class Session:
         gate = TextGate(self.decode, self.ids, controls.stop_texts, controls.keep_texts)
         start = kept = len(self.ids)  # ids before `kept` are shown
         ending = Ending("interrupted")
+        # Where the token ids come from: the pick step over this process's logits, or a serving engine's stream.
+        choices = self._remote_choices(start) if self.loaded.remote is not None else \
+            self._local_choices(start, pick, generator)
         try:
             ran = context.tokens_run
             context.next_logits()
             measure.prefilled(context.tokens_run - ran)  # only what the cache lacked: the prompt eval of Ollama
             context.remember(self.turn)  # so that undoing this continuation needs no model run
             while len(self.ids) - start < settings.max_new_tokens:
-                logits = context.next_logits()  # first: it may slide the view
-                choice = pick(logits, sampling.At(self.ids, context.view_start, len(self.ids) - start), generator)
-                if choice.token_id in controls.stop_ids:
-                    ending = Ending("stop-token", self.vocab.token(choice.token_id))
+                token_id, probability = next(choices)
+                if token_id in controls.stop_ids:
+                    ending = Ending("stop-token", self.vocab.token(token_id))
                     break
-                context.append(choice.token_id)
+                context.append(token_id)
                 measure.token()
-                text = gate.push(choice.token_id)
+                text = gate.push(token_id)
                 kept = start + gate.shown_ids
                 if text:
-                    yield self._append_text(Step(choice.token_id, text, choice.probability))
+                    yield self._append_text(Step(token_id, text, probability))
                 if gate.stopped_by is not None:
                     ending = Ending("stop-text", gate.stopped_by, kept=gate.stop_kept)
                     break
@@ -292,16 +302,79 @@ class Session:
                 kept = start + gate.shown_ids
                 if text:
                     yield self._append_text(Step(self.ids[-1], text, 1.0))
+        except UserError as exc:  # the serving engine failed mid-answer: what was shown stays
+            ending = Ending("failed", str(exc))
+            raise
         finally:
+            choices.close()  # a remote stream's connection closes at once (the engine stops generating)
             context.truncate(kept)
             context.fit_view()
             self.last_ending = Ending(ending.reason, ending.detail, len(self.ids) - start, ending.kept)
             measure.finish(len(self.ids) - start)
             try:
-                if ending.reason != "interrupted":
+                if ending.reason not in ("interrupted", "failed"):
                     self.next_logits()  # run the last token now, so undoing back to here needs no model run
             finally:
                 self._record("generated")
+
+    def _local_choices(self, start: int, pick, generator) -> Iterator[tuple[int, float]]:
+        """(token id, probability) after (token id, ...): the pick step over this process's logits."""
+        context = self.context
+        while True:
+            logits = context.next_logits()  # first: it may slide the view
+            choice = pick(logits, sampling.At(self.ids, context.view_start, len(self.ids) - start), generator)
+            yield choice.token_id, choice.probability
+
+    def _remote_request(self, settings: Settings, draw: bool = True, **extra) -> dict:
+        """The sampling part of a request to the serving engine, as korepl's own decoding means it.
+
+        `draw`: the request's seed is drawn from the session's random stream (as a local pick draws);
+        False (peek, which changes nothing) leaves the stream where it is.
+        """
+        from korepl.settings import TOP_K_MAX
+
+        greedy = settings.greedy
+        return dict(temperature=0.0 if greedy else settings.temperature,
+                    top_k=1 if greedy else 0 if settings.top_k >= TOP_K_MAX else settings.top_k,
+                    top_p=1.0 if greedy else settings.top_p, min_p=0.0 if greedy else settings.min_p,
+                    repetition_penalty=settings.repetition_penalty,
+                    seed=None if greedy else int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator)) if draw
+                    else 0,
+                    ban_ids=sorted(self.controls.suppress_ids), **extra)
+
+    def _remote_choices(self, start: int) -> Iterator[tuple[int, float]]:
+        """(token id, probability) after (token id, ...): a serving engine's stream over what the model sees.
+
+        The context counts what the engine's prompt cache holds (korepl.runner.RemoteRunner), so the
+        window slides exactly when it would here; a stream asks for no more than the window's room,
+        and a new one starts from the slid view.  The engine's own end of text (when it is not a stop)
+        ends a stream too; korepl then goes on with a new one, as its own decoding would.
+        """
+        settings, context, remote = self.settings, self.context, self.loaded.remote
+        while True:
+            context.next_logits()  # no model run here: counts, and slides the view when the window is full
+            seen = context.seen()
+            done = len(self.ids) - start
+            wanted = min(settings.max_new_tokens - done, self.window + 1 - len(seen))
+            stream = remote.stream(seen, max(1, wanted), stop=sorted(self.controls.stop_ids),
+                                   n_probs=1 if settings.probs else 0,
+                                   min_tokens=max(0, settings.min_new_tokens - done),
+                                   **self._remote_request(settings))
+            got = 0
+            with contextlib.closing(stream):
+                for token in stream:
+                    got += 1
+                    yield token.id, 1.0 if token.probability is None else token.probability
+            if not got:  # llama.cpp dropped a token held back from its stream (half a character): ask whole
+                whole = remote.stream(seen, 1, stop=sorted(self.controls.stop_ids), n_probs=1 if settings.probs else 0,
+                                      min_tokens=max(0, settings.min_new_tokens - done), streamed=False,
+                                      **self._remote_request(settings))
+                token = next(whole, None)
+                if token is None:
+                    from korepl.remote import RemoteError, shown
+
+                    raise RemoteError(f"{shown(remote.engine.base_url)}: answered with no tokens; see the server's log")
+                yield token.id, 1.0 if token.probability is None else token.probability
 
     def _append_text(self, step: Step) -> Step:
         """Add a step's text to the writer's text; a text's very first words get no leading space."""
@@ -392,6 +465,8 @@ class Session:
     def peek(self, count: int) -> list[Candidate]:
         """Up to `count` next tokens: the sampling set by chance of being picked, then the likeliest
         tokens outside it by probability.  Changes nothing."""
+        if self.loaded.remote is not None:
+            return self._remote_peek(count)
         empty = not self.ids
         try:
             scores = self._pick.scores(self.next_logits(), sampling.At(self.ids, self.view_start))
@@ -417,6 +492,49 @@ class Session:
             if token_id not in members and probs[token_id] > 0:  # banned tokens (probability 0) are never offered
                 listed.append(candidate(token_id, 0.0, chosen.why_outside(rank)))
         return listed
+
+    def _remote_peek(self, count: int) -> list[Candidate]:
+        """/peek from a serving engine: one token's top-N, as llama.cpp gives them.
+
+        Sampling: the engine's post-sampling probabilities (after penalties, top-k, top-p, min-p and
+        temperature): each is the chance of being picked now, and the model p column repeats it.
+        Greedy: the engine's pick has chance 1; the probabilities are a plain softmax of the model's
+        logits (before the repetition penalty, which llama.cpp applies after it reports them).
+        Special tokens korepl never writes are left out.
+        """
+        if not self.ids and not self.context.memory:
+            self._seed_empty_context()
+            empty = True
+        else:
+            empty = False
+        try:
+            self.context.next_logits()  # counts; slides the view if the next token would not fit
+            seen = self.context.seen()
+            suppressed = self.controls.suppress_ids
+            stream = self.loaded.remote.stream(seen, 1, n_probs=min(100, count + len(suppressed)), streamed=False,
+                                               **self._remote_request(self.settings, draw=False))
+            with contextlib.closing(stream):
+                token = next(iter(stream), None)
+        finally:
+            if empty:
+                self.context.truncate(0)
+        if token is None:
+            return []
+        greedy = self.settings.greedy
+
+        def candidate(token_id: int, p: float) -> Candidate:
+            spelt = self.vocab.token(token_id)
+            text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in spelt.replace("▁", "␣"))
+            if greedy:
+                chosen = token_id == token.id
+                return Candidate(token_id, spelt, text, 1.0 if chosen else 0.0, p, "" if chosen else "greedy's choice")
+            return Candidate(token_id, spelt, text, p, p, "" if p > 0 else "the server's sampling set")
+
+        listed = [candidate(i, p) for i, p in token.top if i not in suppressed]
+        if greedy and all(c.token_id != token.id for c in listed):  # the penalty lifted one from below the top-N
+            listed.append(candidate(token.id, token.probability or 0.0))
+        listed.sort(key=lambda c: (not c.in_set, -c.chance, -c.probability))
+        return listed[:count]
 
     def pick(self, number: int) -> Iterator[Step]:
         """Append the `number`-th likeliest next token (as /peek lists them), then continue from it."""

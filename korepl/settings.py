@@ -288,12 +288,16 @@ class Config:
     keep_sessions: int  # how many REPL sessions the state folder keeps (the latest with text always stays)
     # The decoding settings the user chose (in their file or by flags), which win over a resumed session's.
     chosen: frozenset[str] = frozenset()
+    backend: str = ""  # a serving engine's URL that runs the model ("" = run it in this process)
+    api_key_command: str = ""  # a command that prints the serving engine's API key ("" = from the environment)
+    insecure: bool = False  # --insecure only (never from a file): the server's TLS certificate is not checked
 
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 QUANTIZE = ("none", "int8")
 LOAD_KEYS = {"device": DEVICES, "dtype": DTYPES, "quantize": QUANTIZE}  # what to load the model with
+TEXT_KEYS = ("backend", "api_key_command")  # where the model runs: free text, "" = not used
 
 
 class ConfigError(UserError):
@@ -338,10 +342,11 @@ def read_config(path: Path, base: Config | None, notes: list[str] | None = None)
 
 
 def apply_config(data: Mapping[str, Any], base: Config | None, source: str) -> Config:
-    unknown = set(data) - {"model", "decoding", "keep_sessions", *LOAD_KEYS}
+    unknown = set(data) - {"model", "decoding", "keep_sessions", *LOAD_KEYS, *TEXT_KEYS}
     if unknown:
         raise ConfigError(f"{source}: unknown key '{sorted(unknown)[0]}' "
-                          f"(keys are model, {', '.join(LOAD_KEYS)}, keep_sessions and [decoding])")
+                          f"(keys are model, {', '.join(LOAD_KEYS)}, {', '.join(TEXT_KEYS)}, keep_sessions "
+                          "and [decoding])")
     decoding = data.get("decoding", {})
     if not isinstance(decoding, Mapping):
         raise ConfigError(f"{source}: [decoding] must be a table")
@@ -358,6 +363,11 @@ def apply_config(data: Mapping[str, Any], base: Config | None, source: str) -> C
         load[key] = data.get(key, base and getattr(base, key))
         if load[key] not in allowed:
             raise ConfigError(f"{source}: key '{key}' must be one of {', '.join(allowed)} (got {load[key]!r})")
+    for key in TEXT_KEYS:
+        load[key] = data.get(key, base.__dict__[key] if base is not None else "")
+        if not isinstance(load[key], str) or "\n" in load[key]:
+            raise ConfigError(f"{source}: key '{key}' must be a text on one line (\"\" = none)")
+        load[key] = load[key].strip()
     try:
         keep_sessions = parse_keep_sessions(data.get("keep_sessions", base and base.keep_sessions))
     except SettingError as exc:

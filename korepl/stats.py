@@ -90,6 +90,6 @@ def model_facts(loaded, threads: int) -> list[tuple[str, str]]:
         if value is not None:  # not every config names them; say only what it has
             rows.append((label, str(value)))
     rows += [("window", f"{loaded.window} tokens"), ("vocabulary", f"{len(loaded.tokenizer)} tokens"),
-             ("precision", f"{loaded.precision} ({loaded.precision_note})"), ("device", str(loaded.device)),
+             ("precision", f"{loaded.precision} ({loaded.precision_note})"), ("device", loaded.where),
              ("threads", f"{torch.get_num_threads()}" + (" (torch's default)" if threads == 0 else ""))]
     return rows

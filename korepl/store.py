@@ -307,7 +307,10 @@ def restore(session, data: dict[str, Any], source: str) -> None:
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, RecursionError) as exc:
         # Every check above is explicit; this is the net under them, so that no file can end the REPL.
         raise StoreError(f"{where}: a damaged session file ({_short(exc)})") from None
-    session.replace_state(settings, root, current, view_start)
+    try:
+        session.replace_state(settings, root, current, view_start)  # takes the settings first, or changes nothing
+    except SettingError as exc:  # a setting this session cannot follow (one a serving engine cannot honour)
+        raise StoreError(f"{where}: its settings cannot be used here: {_short(exc)}") from None
 
 
 def _check(session, data: Any, where: str) -> tuple[Settings, turns.Turn, turns.Turn, int]:

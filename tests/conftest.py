@@ -6,13 +6,20 @@
   the BPE vocabulary padded by plain entries to KoGPT2's 51,200 (as KoGPT2's is plain), so every id
   the model can produce decodes.  Built by benchmarks/fixtures.py, the same way as the benchmark's model.
 - `hf_greedy`: Hugging Face `generate`'s greedy ids, the reference (benchmarks.fixtures.hf_reference).
+- `llama_files`, `llama`: a real llama.cpp server (scripts/llama_server.py builds it once and caches it)
+  running the demo model as GGUF f32 on 127.0.0.1, for the remote backend's tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import hypothesis
@@ -78,7 +85,80 @@ def runner(request, monkeypatch):
     return request.param
 
 
+LLAMA_BUILD_SCRIPT = REPO / "scripts" / "llama_server.py"
+
+
 def full_forward_logits(loaded, ids: list[int]) -> torch.Tensor:
     """The reference for every cache check: one plain forward pass over `ids`, no cache."""
     with torch.inference_mode():
         return loaded.model(torch.tensor([ids])).logits[0, -1].float()
+
+
+# --- a real llama.cpp server -----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def llama_files():
+    """{"server": path to llama-server, "gguf": path to the demo model as GGUF f32}, built if need be."""
+    done = subprocess.run([sys.executable, str(LLAMA_BUILD_SCRIPT), "--json"], capture_output=True, text=True)
+    if done.returncode == 3:  # nothing cached, and no compiler or cmake to build with
+        reason = done.stderr.strip().splitlines()[-1]
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must build llama-server: {reason}")
+        pytest.skip(reason)
+    if done.returncode != 0:
+        pytest.fail("scripts/llama_server.py failed:\n" + done.stderr[-4000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LlamaServer:
+    def __init__(self, files: dict, log: Path, context: int = 1024, extra: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [files["server"], "-m", files["gguf"], "--host", "127.0.0.1", "--port", str(self.port),
+                 "-c", str(context), "-np", "1", "-t", "2", "--no-webui", *extra],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.wait_healthy()
+
+    def wait_healthy(self, seconds: float = 60.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"llama-server exited ({self.process.returncode}):\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"llama-server not healthy in {seconds:g} s:\n{self.log.read_text()[-3000:]}")
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=5) as answer:
+            return json.loads(answer.read())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def llama(llama_files, tmp_path_factory):
+    server = LlamaServer(llama_files, tmp_path_factory.mktemp("llama") / "server.log")
+    yield server
+    server.stop()

@@ -121,3 +121,23 @@ def test_no_stop_and_custom_stop_text():
                      "--max-new-tokens", "30")
     assert stopped.returncode == 0
     assert word not in stopped.stdout and free.stdout.startswith(stopped.stdout)
+
+
+def test_backend_flags_layer_over_the_config():
+    import dataclasses
+
+    from korepl.cli import build_parser, config_from_args
+    from korepl.settings import load_defaults
+
+    base = dataclasses.replace(load_defaults(), backend="http://from-the-file:8080")
+    assert config_from_args(build_parser().parse_args([]), base).backend == "http://from-the-file:8080"
+    flagged = config_from_args(build_parser().parse_args(["--backend", "127.0.0.1:9000", "--insecure"]), base)
+    assert (flagged.backend, flagged.insecure) == ("127.0.0.1:9000", True)
+    assert config_from_args(build_parser().parse_args(["--backend", ""]), base).backend == ""  # run it here
+
+
+def test_a_bad_backend_address_is_one_line():
+    result = korepl("--demo", "--backend", "ftp://nowhere", "--prompt", PROMPT)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["korepl: not a server address: 'ftp://nowhere' (give one such as "
+                                                  "http://127.0.0.1:8080)"]

@@ -46,6 +46,12 @@ class State:
     def switch_model(self, source):
         raise commands.CommandError("no model can be loaded here: commands only")
 
+    def current_backend(self):
+        return "backend: none (the model runs here)"
+
+    def switch_backend(self, url):
+        raise commands.CommandError("no server can be used here: commands only")
+
 
 NAMES = [name for c in commands.COMMANDS for name in (c.name, *c.aliases)]
 
@@ -190,6 +196,14 @@ class SessionState:
     def switch_model(self, source):
         loading.check_source(source)  # the REPL's background load itself is tested in test_runtime.py
         return f"loading {source} …"
+
+    def current_backend(self):
+        return "backend: none (the model runs here)"
+
+    def switch_backend(self, url):
+        from korepl.remote import normalize
+
+        return f"loading on {normalize(url)} …"  # the REPL's switch is tested in test_remote_session.py
 
 
 @hypothesis.settings(max_examples=80, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])

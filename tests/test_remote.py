@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,79 +21,12 @@ import torch
 from korepl import remote, sampling
 from korepl.remote import Engine, Remote, RemoteError, probe
 
-REPO = Path(__file__).resolve().parent.parent
-BUILD_SCRIPT = REPO / "scripts" / "llama_server.py"
+from conftest import LlamaServer, free_port  # noqa: E402
+
 PROMPT = "수강신청에서 원하는 강의를 신청하기 위해서는"
 
 
-# --- a real llama.cpp server -----------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def llama_files():
-    """{"server": path to llama-server, "gguf": path to the demo model as GGUF f32}, built if need be."""
-    done = subprocess.run([sys.executable, str(BUILD_SCRIPT), "--json"], capture_output=True, text=True)
-    if done.returncode == 3:  # nothing cached, and no compiler or cmake to build with
-        reason = done.stderr.strip().splitlines()[-1]
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must build llama-server: {reason}")
-        pytest.skip(reason)
-    if done.returncode != 0:
-        pytest.fail("scripts/llama_server.py failed:\n" + done.stderr[-4000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LlamaServer:
-    def __init__(self, files: dict, log: Path, context: int = 1024):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [files["server"], "-m", files["gguf"], "--host", "127.0.0.1", "--port", str(self.port),
-                 "-c", str(context), "-np", "1", "-t", "2", "--no-webui"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.wait_healthy()
-
-    def wait_healthy(self, seconds: float = 60.0) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"llama-server exited ({self.process.returncode}):\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"llama-server not healthy in {seconds:g} s:\n{self.log.read_text()[-3000:]}")
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=5) as answer:
-            return json.loads(answer.read())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-@pytest.fixture(scope="session")
-def llama(llama_files, tmp_path_factory):
-    server = LlamaServer(llama_files, tmp_path_factory.mktemp("llama") / "server.log")
-    yield server
-    server.stop()
+# The real llama.cpp server (fixtures `llama_files`, `llama`; LlamaServer, free_port) is in conftest.py.
 
 
 def local_greedy(new_session, demo, prompt: str, count: int, penalty: float) -> tuple[list[int], list[int]]:
@@ -433,5 +361,6 @@ def test_an_untrusted_tls_certificate_is_refused(scripted, tmp_path, monkeypatch
     with pytest.raises(RemoteError, match="not trusted.*SSL_CERT_FILE") as caught:
         probe(https)
     assert https in str(caught.value)
+    assert probe(https, insecure=True).engine.version == "0.11.0"  # korepl's --insecure: not checked at all
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what the message advises: now it is trusted
     assert probe(https).engine.version == "0.11.0"

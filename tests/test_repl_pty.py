@@ -116,6 +116,7 @@ def test_ctrl_c_stops_a_long_generation_and_keeps_the_text(term):
     assert "stop = (none)" in term.run("/stop del </s>") + term.run("/stop del </d>")
     term.send("헌법 제1조")
     term.child.expect(HANGUL + ".{0,40}" + HANGUL + ".{0,40}" + HANGUL)  # it is writing
+    term.child.expect(r"(?:\S\s*){30}")  # and has written enough to compare (a busy machine writes slowly)
     time.sleep(0.5)
     term.child.sendcontrol("c")
     out = term.until(PROMPT)

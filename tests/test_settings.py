@@ -107,3 +107,15 @@ def test_config_file_errors_name_the_file_and_key(tmp_path):
     good.write_text('device = "cpu"\n[decoding]\ntop_k = 9\n')
     config = read_config(good, base)
     assert (config.device, config.decoding.top_k, config.decoding.top_p) == ("cpu", 9, base.decoding.top_p)
+
+
+def test_backend_and_api_key_command_are_top_level_keys(tmp_path):
+    base = load_defaults()
+    assert (base.backend, base.api_key_command, base.insecure) == ("", "", False)
+    config = apply_config({"backend": " http://127.0.0.1:8080/v1 ", "api_key_command": "pass show llm"}, base, "mine")
+    assert (config.backend, config.api_key_command) == ("http://127.0.0.1:8080/v1", "pass show llm")
+    assert apply_config({"model": "x"}, config, "later").backend == "http://127.0.0.1:8080/v1"  # layered
+    with pytest.raises(ConfigError, match="mine: key 'backend' must be a text on one line"):
+        apply_config({"backend": 8080}, base, "mine")
+    with pytest.raises(ConfigError, match="unknown key 'insecure'.*backend, api_key_command"):
+        apply_config({"insecure": True}, base, "mine")  # never from a file: a flag the user types each time
