@@ -89,8 +89,13 @@ def normalize(base_url: str) -> str:
     url = base_url.strip().rstrip("/")
     if "://" not in url:
         url = "http://" + url
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- reading it checks it (ValueError for letters or out of range)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # '[' (a broken IPv6 address), a port of letters or out of range
+        usable = False
+    if not usable:
         raise RemoteError(f"not a server address: {shown(base_url)!r} (give one such as http://127.0.0.1:8080)")
     path = parts.path.rstrip("/")
     if path.endswith("/v1"):
@@ -100,11 +105,14 @@ def normalize(base_url: str) -> str:
 
 def shown(url: str) -> str:
     """A URL fit for a message: without user:password@."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # not a URL at all: show none of it past a possible user:password@
+        return url.rpartition("@")[2]
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

@@ -364,3 +364,10 @@ def test_an_untrusted_tls_certificate_is_refused(scripted, tmp_path, monkeypatch
     assert probe(https, insecure=True).engine.version == "0.11.0"  # korepl's --insecure: not checked at all
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what the message advises: now it is trusted
     assert probe(https).engine.version == "0.11.0"
+
+
+@pytest.mark.parametrize("address", ["[", "http://[::1", "localhost:abc", "localhost:99999", "ftp://host", "http://u:p@[x"])
+def test_an_address_that_is_not_one_gets_one_line_without_the_password(address):
+    with pytest.raises(remote.RemoteError) as caught:
+        remote.normalize(address)
+    assert "not a server address" in str(caught.value) and "u:p" not in str(caught.value)
