@@ -219,6 +219,15 @@ class _Http:
             return RemoteError(f"{where}: HTTP {status}, the server failed{said}; see the server's log")
         return RemoteError(f"{where}: HTTP {status}, the request was refused{said}")
 
+    def read_all(self, connection, response, path: str) -> bytes:
+        """The whole body of a response that is not a stream; the connection is closed after it."""
+        try:
+            return response.read()
+        except BaseException as error:
+            raise self.failure(error, path) from None
+        finally:
+            connection.close()
+
     def get_json(self, path: str) -> dict | list | None:
         """GET a JSON document; None when the server has no such endpoint (404, 405 or not JSON)."""
         try:
@@ -227,13 +236,7 @@ class _Http:
             if " HTTP 404" in str(error) or " HTTP 405" in str(error) or " HTTP 501" in str(error):
                 return None
             raise
-        try:
-            try:
-                raw = response.read()
-            except BaseException as error:
-                raise self.failure(error, path) from None
-        finally:
-            connection.close()
+        raw = self.read_all(connection, response, path)
         try:
             return json.loads(raw)
         except ValueError:
@@ -323,13 +326,7 @@ class Remote:
         http_ = self._http
         self.last_timings = None
         connection, response = http_.open("POST", path, body)
-        try:
-            try:
-                raw = response.read()
-            except BaseException as error:
-                raise http_.failure(error, path) from None
-        finally:
-            connection.close()
+        raw = http_.read_all(connection, response, path)
         try:
             chunk = json.loads(raw)
         except ValueError:

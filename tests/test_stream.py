@@ -20,13 +20,13 @@ MIXED = st.text(
 )
 
 
-def byte_level_tokenizer():
-    """A small byte-level BPE: emoji and Hangul split into several tokens, each part of a character."""
+def byte_level_tokenizer(corpus: str = "대한민국 헌법 abc 123 😀"):
+    """A small byte-level BPE trained on `corpus`: emoji and Hangul split into several tokens, each part of a character."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(["대한민국 헌법 abc 123 😀"] * 5, trainer)
+    tokenizer.train_from_iterator([corpus] * 5, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
 
 

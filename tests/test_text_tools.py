@@ -8,8 +8,6 @@ import pexpect
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from korepl import commands, store, turns
 from korepl.controls import readable
@@ -19,6 +17,7 @@ from korepl.stream import TextGate
 from korepl.width import width
 from test_commands import SessionState
 from test_repl_pty import Terminal
+from test_stream import byte_level_tokenizer
 
 PROMPT_TEXT = "대한민국의 모든 국민은"
 
@@ -26,17 +25,7 @@ PROMPT_TEXT = "대한민국의 모든 국민은"
 # --- the gate: kept and hidden stop texts ----------------------------------------------------------
 
 
-def byte_level_tokenizer():
-    """Byte-level BPE: Hangul splits into tokens that are parts of a character, so cuts fall mid-character."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(["국민은 법률이 정한다. 그는 말했다. \"예.\" 다음"] * 5, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
-
-
-TOKENIZERS = {"demo": load_tokenizer(str(DEMO_MODEL_DIR)), "byte-level": byte_level_tokenizer()}
+TOKENIZERS = {"demo": load_tokenizer(str(DEMO_MODEL_DIR)), "byte-level": byte_level_tokenizer('국민은 법률이 정한다. 그는 말했다. "예." 다음')}
 # Few letters, so that stop texts drawn from them turn up often, mid-token and across tokens.
 TEXT = st.text(alphabet="다한.국민은 법률\"정", min_size=1, max_size=40)
 STOPS = st.lists(st.text(alphabet="다한.국민은 법률\"정", min_size=1, max_size=3), max_size=2)
