@@ -54,6 +54,8 @@ class LoadedModel:
     device: torch.device
     precision: str = "float32"  # float32, float16, bfloat16 or int8
     precision_note: str = "asked for"  # why: asked for, or what `auto` measured
+    layout: str = "in_out"  # GPT-2's products: "in_out" (its Conv1D, addmm) or "out_in" (nn.Linear), the faster here
+    layout_note: str = "the model's own"  # why: what precision.fast_layout measured
     parameters: int = 0  # counted before int8 packs the weights away from .parameters()
     load_seconds: float = 0.0
     remote: object = None  # a korepl.remote.Remote when a serving engine runs the model (korepl.backend)
@@ -122,9 +124,22 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
     if chosen != "float32":
         precision.apply(model, chosen)
     model.to(target)
+    layout, layout_note = "in_out", "the model's own"
+    if chosen == "int8" or _has_conv1d(model):
+        layout, layout_note = precision.fast_layout(chosen, target, config.hidden_size,
+                                                    paths.state_dir() / "precision.json")
+        if layout == "out_in":
+            precision.to_linear(model)
     name = str(local.resolve()) if local.is_dir() else source  # a folder by its full path: saved sessions find it
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, precision=chosen,
-                       precision_note=why, parameters=parameters, load_seconds=time.perf_counter() - started)
+                       precision_note=why, parameters=parameters, load_seconds=time.perf_counter() - started,
+                       layout=layout, layout_note=layout_note)
+
+
+def _has_conv1d(model) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(module, Conv1D) for module in model.modules())
 
 
 def check_source(source: str) -> Path:

@@ -151,7 +151,7 @@ class _Layer:
 def _linear(module):
     """A linear layer as the one op it runs, without the module call around it (the same numbers).
 
-    GPT-2's Conv1D is an addmm over [in, out] weights; an int8 layer is torch's dynamic-quantized linear
+    GPT-2's Conv1D is an addmm over [in, out] weights, an nn.Linear an F.linear over [out, in]; an int8 layer is torch's dynamic-quantized linear
     op on its packed weights, called without the module wrapper, which costs a noticeable share of the step.
     """
     if isinstance(module, Conv1D):
@@ -161,7 +161,10 @@ def _linear(module):
     if packed is not None and packed.dtype == torch.qint8 and (module.version or 0) >= 4:
         weights, linear_dynamic = packed._packed_params, torch.ops.quantized.linear_dynamic.default
         return lambda x: linear_dynamic(x, weights, True)  # True: reduce_range, as the module passes
-    return module  # nn.Linear, or anything else
+    if type(module) is torch.nn.Linear:  # a Conv1D turned [out, in] where that layout is faster (precision.py)
+        weight, bias = module.weight, module.bias
+        return lambda x: F.linear(x, weight, bias)
+    return module
 
 
 def _activation(block):

@@ -90,6 +90,7 @@ def model_facts(loaded, threads: int) -> list[tuple[str, str]]:
         if value is not None:  # not every config names them; say only what it has
             rows.append((label, str(value)))
     rows += [("window", f"{loaded.window} tokens"), ("vocabulary", f"{len(loaded.tokenizer)} tokens"),
-             ("precision", f"{loaded.precision} ({loaded.precision_note})"), ("device", loaded.where),
+             ("precision", f"{loaded.precision} ({loaded.precision_note})"),
+             ("weight layout", f"{loaded.layout} ({loaded.layout_note})"), ("device", loaded.where),
              ("threads", f"{torch.get_num_threads()}" + (" (torch's default)" if threads == 0 else ""))]
     return rows

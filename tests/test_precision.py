@@ -70,6 +70,33 @@ def test_lean_step_equals_the_models_forward_on_each_path(dtype, quantize, toler
             torch.testing.assert_close(lean.run(chunk), hub.run(chunk), atol=tolerance, rtol=tolerance)
 
 
+def test_the_out_in_layout_writes_what_generate_writes_on_the_models_own_layout(demo, new_session, hf_greedy):
+    """The faster layout is the same numbers: float32 greedy ids over nn.Linear equal generate's over Conv1D."""
+    prompt = "대한민국의 모든 국민은"
+    expected = hf_greedy(demo, prompt, 40, repetition_penalty=2.0)  # demo keeps GPT-2's Conv1D
+    turned = load_model(str(DEMO_MODEL_DIR), "cpu")
+    precision.to_linear(turned.model)
+    assert not any(isinstance(m, Conv1D) for m in turned.model.modules())
+    session = new_session(turned, greedy=True, max_new_tokens=40, stop=())
+    session.feed(prompt)
+    list(session.generate())
+    assert session.ids[len(demo.tokenizer.encode(prompt)):] == expected
+    ids = torch.tensor([session.ids])
+    with torch.inference_mode():
+        torch.testing.assert_close(turned.model(ids).logits, demo.model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_the_layout_verdict_is_measured_once_per_precision_then_remembered(tmp_path):
+    cache, cpu = tmp_path / "precision.json", torch.device("cpu")
+    layout, why = precision.fast_layout("float16", cpu, 64, cache)
+    assert layout in ("in_out", "out_in") and why.startswith("measured now (in_out ")
+    again, why_again = precision.fast_layout("float16", cpu, 64, cache)
+    assert (again, why_again.startswith("measured before")) == (layout, True)
+    assert precision.fast_layout("bfloat16", cpu, 64, cache)[1].startswith("measured now")  # its own verdict
+    assert precision.fast_layout("int8", cpu, 64, cache)[0] == "out_in"
+    assert len(json.loads(cache.read_text())) == 2
+
+
 def test_int8_covers_every_linear_layer_and_the_output_projection(demo):
     loaded = load_model(str(DEMO_MODEL_DIR), "cpu", "float32", "int8")
     assert loaded.precision == "int8"
