@@ -2,9 +2,12 @@
 llama.cpp server (the `llama` fixture of conftest.py, the demo model as GGUF f32 on 127.0.0.1).
 
 What is checked against korepl's own decoding of the same model: greedy ids (one-shot and in a
-session, across a window slide), /peek's top-N; and what stays korepl's: undo, retry, the turn
-tree, settings the server cannot honour refused with one line, a server killed mid-answer leaving
-the session as it was shown, and the API key never written anywhere.
+session, across a window slide), /peek's top-N, stop texts, the special tokens banned; and what
+stays korepl's: undo, retry, the turn tree, settings the server cannot honour refused with one line,
+a server killed mid-answer leaving the session as it was shown (and the session going on once the
+server is back on its port), an answer held past the read timeout or cut mid-event by a loopback
+proxy (tests/proxy.py: every byte is the real server's), a real Ctrl+C in the REPL mid-stream, and
+the API key never written anywhere.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from korepl.remote import RemoteError
 from korepl.session import Session
 from korepl.settings import SettingError
 
+import conftest  # noqa: E402
 from conftest import LlamaServer  # noqa: E402
+from proxy import Plan, Proxy  # noqa: E402
 from test_repl_pty import PROMPT as SCREEN_PROMPT, Terminal  # noqa: E402
 
 PROMPT = "수강신청에서 원하는 강의를 신청하기 위해서는"
@@ -243,7 +248,7 @@ def test_a_saved_session_with_a_refused_setting_is_refused_whole(remote_demo, de
     assert remote.ids == local.ids and remote.text == local.text
 
 
-def test_a_server_killed_mid_answer_leaves_what_was_shown(llama_files, tmp_path, new_session):
+def test_a_server_killed_mid_answer_leaves_what_was_shown(llama_files, tmp_path, new_session, monkeypatch):
     server = LlamaServer(llama_files, tmp_path / "doomed.log")
     try:
         loaded = backend.load_remote(str(DEMO_MODEL_DIR), server.url)
@@ -267,8 +272,90 @@ def test_a_server_killed_mid_answer_leaves_what_was_shown(llama_files, tmp_path,
         assert session.text == PROMPT + shown and consistent(session)
         session.undo()  # the moves need no server
         assert session.text == PROMPT
+        session.redo()
+        assert session.text == PROMPT + shown
+
+        # The server comes back on the same port: the same session goes on from what was shown.
+        monkeypatch.setattr(conftest, "free_port", lambda: server.port)
+        server = LlamaServer(llama_files, tmp_path / "again.log")
+        session.settings = dataclasses.replace(session.settings, max_new_tokens=8)
+        more = "".join(step.text for step in session.generate())
+        assert more and session.text == PROMPT + shown + more
+        assert session.last_ending.reason == "max-tokens" and consistent(session)
+        session.undo()
+        assert session.text == PROMPT + shown and consistent(session)
     finally:
         server.stop()
+
+
+def wait_idle(server, seconds: float = 15.0) -> None:
+    """Until the server generates for no one (a closed stream ends its request)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while any(slot.get("is_processing") for slot in server.get("/slots")):
+        assert time.monotonic() < deadline, "the server kept generating for a closed stream"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("then, words", [("stall", "no answer in 1 s"),
+                                         ("cut", "the server closed the connection mid-answer")])
+def test_a_slow_or_cut_answer_leaves_what_was_shown(llama, remote_demo, new_session, then, words):
+    """The real server behind a loopback proxy that holds (or cuts) its answer a few bytes into an event."""
+    import time
+
+    from korepl.remote import probe
+
+    proxy = Proxy(llama.port)
+    try:
+        loaded = dataclasses.replace(remote_demo, remote=probe(proxy.url, read_timeout=1))
+        session = new_session(loaded, greedy=True, repetition_penalty=1.0, max_new_tokens=200, stop=())
+        session.add_line(PROMPT)
+        proxy.plan = Plan(events=6, then=then)
+        shown, started = "", time.monotonic()
+        with pytest.raises(RemoteError) as caught:
+            for step in session.generate():
+                shown += step.text
+        message = str(caught.value)
+        assert message.startswith(f"{proxy.url}/completion: {words}") and "\n" not in message
+        assert time.monotonic() - started < 15 and proxy.done.is_set()
+        assert shown and session.last_ending.reason == "failed"
+        assert session.text == PROMPT + shown and consistent(session) and session.turn.kind == "generated"
+        wait_idle(llama)
+        # The next answer comes whole through the same proxy: the session goes on from what was shown.
+        session.settings = dataclasses.replace(session.settings, max_new_tokens=6)
+        more = "".join(step.text for step in session.generate())
+        assert more and session.text == PROMPT + shown + more and consistent(session)
+        assert session.last_ending.reason == "max-tokens"
+    finally:
+        proxy.close()
+
+
+def test_a_stop_text_ends_the_remote_session_as_here(remote_demo, demo, new_session):
+    # The greedy text runs " ⑤대통령을 ⑤핵을 ...": '통령' stops it inside the token '대통령', whose '대' stays.
+    changes = dict(greedy=True, repetition_penalty=1.0, max_new_tokens=40, stop=("통령",))
+    local, remote = new_session(demo, **changes), new_session(remote_demo, **changes)
+    for session in (local, remote):
+        session.add_line(PROMPT)
+        list(session.generate())
+    assert local.last_ending.reason == "stop-text" and local.last_ending.detail == "통령"
+    assert local.text == PROMPT + " ⑤대"
+    assert remote.ids == local.ids and remote.text == local.text
+    assert remote.last_ending == local.last_ending and consistent(remote)
+
+
+def test_special_tokens_are_never_written_by_the_server(remote_demo, demo, new_session):
+    """korepl's suppressed special tokens go to the server as a ban (logit_bias): it never picks one."""
+    changes = dict(greedy=True, repetition_penalty=1.0, max_new_tokens=6, stop=())
+    local, remote = new_session(demo, **changes), new_session(remote_demo, **changes)
+    for session in (local, remote):
+        session.feed(" ")  # after which the model's likeliest token is <unk>
+    suppressed = remote.controls.suppress_ids
+    unbanned = next(iter(remote_demo.remote.stream(remote.ids, max_tokens=1, temperature=0.0, top_k=1)))
+    assert unbanned.id in suppressed  # what the server writes when nothing is banned
+    for session in (local, remote):
+        list(session.generate())
+    assert remote.ids == local.ids and not suppressed & set(remote.ids[1:]) and consistent(remote)
 
 
 def test_the_api_key_comes_from_a_command_and_is_never_written(llama_files, tmp_path):
@@ -325,6 +412,55 @@ def test_the_repl_with_a_backend(llama, tmp_path):
             assert SECRET not in path.read_text(errors="replace"), path
     saved = json.loads(next(f for f in files if f.suffix == ".json").read_text())
     assert saved["model"]["name"] == str(DEMO_MODEL_DIR)
+
+
+def test_ctrl_c_mid_stream_in_the_repl_then_retry_and_alt(llama, tmp_path):
+    """A real Ctrl+C while the server streams: the shown text stays, the request ends, the REPL goes on."""
+    import time
+
+    import pexpect
+
+    term = Terminal(tmp_path, model=("--model", str(DEMO_MODEL_DIR), "--backend", llama.url))
+    try:
+        term.wait_ready()
+        term.run("/max 4096")
+        term.run("/seed 3")
+        assert "stop = (none)" in term.run("/stop del </s>") + term.run("/stop del </d>")
+        cancelled = llama.log.read_text(errors="replace").count("cancel task")
+        term.send("헌법 제1조")
+        term.child.expect("헌법 제1조")  # the echo
+        # The server has streamed enough to compare: 30 syllables (what is between may be terminal codes).
+        term.child.expect(r"(?:[\uac00-\ud7a3][^\uac00-\ud7a3]{0,80}){30}")
+        time.sleep(0.3)
+        term.child.sendcontrol("c")
+        out = term.until(SCREEN_PROMPT)
+        assert "[stopped; what was written stays]" in out and "Traceback" not in out
+        shown_tail = re.sub(r"\s", "", out.split("[stopped")[0].replace("^C", ""))[-20:]
+        context = term.run("/context")
+        count = int(re.search(r"(\d+) tokens in the text", context).group(1))
+        assert 5 < count < 4096 and len(shown_tail) == 20
+        assert re.sub(r"\s", "", context).endswith(shown_tail)  # what was shown last is what was kept
+        wait_idle(llama)
+        # Ctrl+C closed the request: the server cancelled it (rather than writing on into the window)
+        deadline = time.monotonic() + 10
+        while llama.log.read_text(errors="replace").count("cancel task") == cancelled:
+            assert time.monotonic() < deadline, "the server did not see the request end"
+            time.sleep(0.1)
+        term.run("/max 8")
+        first = term.run("국민은").split("국민은", 1)[1].strip()
+        assert first and "Traceback" not in first
+        term.run("/retry")
+        listing = term.run("/alt")
+        assert re.search(r"\n 1\. .+\n\*2\. .+\n", listing)
+        assert "alternative 1" in term.run("/alt 1")
+        assert re.sub(r"\s", "", first)[:6] in re.sub(r"\s", "", term.run("/context"))
+        term.send("/quit")
+        term.child.expect(pexpect.EOF, timeout=30)
+        term.child.close()
+        assert term.child.exitstatus == 0
+    finally:
+        if term.child.isalive():
+            term.child.terminate(force=True)
 
 
 def test_the_repl_when_the_server_dies(llama_files, tmp_path):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from benchmarks.registry import Section, check_order
-from benchmarks.sections import (ct2, decoding, floor, memory, paths, slide_and_load, startup, step_profile,
-                                 ttft)
+from benchmarks.sections import (ct2, decoding, floor, memory, paths, remote, slide_and_load, startup,
+                                 step_profile, ttft)
 
 SECTIONS: tuple[Section, ...] = (
     decoding.SECTION,        # korepl and generate side by side: the baseline the others compare with
@@ -18,5 +18,6 @@ SECTIONS: tuple[Section, ...] = (
     step_profile.SECTION,
     memory.SECTION,          # in a fresh process
     startup.SECTION,         # needs memory (its process was one launch to model ready)
+    remote.SECTION,          # a llama.cpp server of its own, running the demo model
 )
 check_order(SECTIONS)
