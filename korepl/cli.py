@@ -20,6 +20,7 @@ from korepl.settings import (
     DTYPES,
     FIELDS,
     QUANTIZE,
+    COMPILE,
     Config,
     ConfigError,
     SettingError,
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "numbers; auto measures this machine once and picks the fastest)")
     source.add_argument("--quantize", choices=QUANTIZE,
                         help="int8: every linear layer as dynamic int8, CPU only (default none)")
+    source.add_argument("--compile", choices=COMPILE,
+                        help="compile the one-token step in the background, GPT-2-family models on the CPU "
+                             "(default auto: used where measured faster; on: used once compiled; off: never)")
     source.add_argument("--backend", metavar="URL",
                         help="a serving engine that runs the model (llama.cpp's llama-server, vLLM, SGLang), such "
                              "as http://127.0.0.1:8080 (with or without /v1); --model then names its tokenizer. "
@@ -110,7 +114,7 @@ def config_from_args(args: argparse.Namespace, base: Config) -> Config:
     model = str(DEMO_MODEL_DIR) if args.demo else (args.model or base.model)
     keep = parse_keep_sessions(args.keep_sessions) if args.keep_sessions is not None else base.keep_sessions
     return Config(model=model, device=args.device or base.device, dtype=args.dtype or base.dtype,
-                  quantize=args.quantize or base.quantize, decoding=base.decoding.with_values(values),
+                  quantize=args.quantize or base.quantize, compile=args.compile or base.compile, decoding=base.decoding.with_values(values),
                   keep_sessions=keep, chosen=base.chosen | frozenset(values),
                   backend=(args.backend if args.backend is not None else base.backend).strip(),
                   api_key_command=base.api_key_command, insecure=args.insecure)

@@ -60,6 +60,7 @@ class LoadedModel:
     load_seconds: float = 0.0
     remote: object = None  # a korepl.remote.Remote when a serving engine runs the model (korepl.backend)
     window_size: int | None = None  # set for a remote model: what the server and the tokenizer allow
+    compiled: object = None  # a korepl.compiled.CompiledStep when the REPL compiles the step (config `compile`)
 
     @property
     def window(self) -> int:

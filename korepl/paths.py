@@ -20,6 +20,11 @@ def state_dir() -> Path:
     return platformdirs.user_state_path(APP)
 
 
+def cache_dir() -> Path:
+    """What korepl can rebuild (the compiled step's inductor cache): the platform's cache folder."""
+    return platformdirs.user_cache_path(APP)
+
+
 def history_file() -> Path:
     return state_dir() / "history"
 

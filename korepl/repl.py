@@ -76,6 +76,13 @@ class BackgroundLoad:
             from korepl.backend import load
 
             self.loaded = load(config)  # here, or (with a backend) the tokenizer and the probed server
+            if config.compile != "off" and self.loaded.remote is None:
+                from korepl import paths
+                from korepl.compiled import CompiledStep
+
+                self.loaded.compiled = CompiledStep(self.loaded.model, self.loaded.device, config.compile,
+                                                    paths.cache_dir() / "inductor")
+                self.loaded.compiled.start()  # on its own thread: the eager step serves meanwhile
         except ModelUnavailable as exc:
             self.error = str(exc)
         except UserError as exc:  # a server that cannot be used, an api_key_command that failed
@@ -191,9 +198,17 @@ class Repl:
             backend = server_label(loaded) + (" (TLS not checked)" if self.config.insecure else "")
         elif self.config.backend:
             backend = self.config.backend
+        compiled = loaded.compiled.describe() if loaded is not None and loaded.compiled is not None else "off"
         return [("model", model), ("backend", backend), ("device", loaded.where if loaded else self.config.device),
                 ("dtype", self.config.dtype), ("quantize", self.config.quantize), ("precision", in_effect),
-                ("session file", self._session_file())]
+                ("compile", f"{self.config.compile}: {compiled}"), ("session file", self._session_file())]
+
+    @property
+    def activity(self) -> str | None:
+        """What the toolbar notes beside the speed: the compiled step while it is being made, and once in use."""
+        loaded = self._load.loaded
+        state = loaded.compiled.state if loaded is not None and loaded.compiled is not None else None
+        return {"compiling": "compiling…", "compiled": "compiled"}.get(state)
 
     # --- switching the model (/model) ---------------------------------------------------------------
 

@@ -58,7 +58,7 @@ class HubRunner:
 class StaticRunner:
     """GPT-2's forward pass over a cache preallocated for the whole window."""
 
-    def __init__(self, model, device: torch.device):
+    def __init__(self, model, device: torch.device, compiled=None):
         transformer, config = model.transformer, model.config
         self.device = device
         self.layers = [_Layer(block) for block in transformer.h]
@@ -76,6 +76,7 @@ class StaticRunner:
         self.no_input = torch.zeros((1, 1, 1), dtype=dtype, device=device)  # baddbmm wants one even with beta=0
         self.positions = torch.arange(window, device=device)
         self.cached_len = 0
+        self.compiled = compiled  # a korepl.compiled.CompiledStep of this model, used once it is ready
 
     @staticmethod
     def supports(model) -> bool:
@@ -87,25 +88,14 @@ class StaticRunner:
     def run(self, chunk: list[int]) -> torch.Tensor:
         # Positions past `cached_len` may hold a half-written step after Ctrl+C: they are simply overwritten.
         with torch.inference_mode():
-            hidden = self._step(chunk[0]) if len(chunk) == 1 else self._prefill(chunk)
-            logits = self.lm_head(self.ln_f(hidden[-1:]))
+            if len(chunk) > 1:
+                logits = self.lm_head(self.ln_f(self._prefill(chunk)[-1:]))
+            elif self.compiled is not None and self.compiled.ready:
+                logits = self.compiled.run(self, chunk[0])
+            else:
+                logits = one_token(self, chunk[0], self.cached_len, self.layer_keys, self.layer_values)
         self.cached_len += len(chunk)
         return logits[0].float()
-
-    def _step(self, token: int) -> torch.Tensor:
-        """One token, the hot path: as few ops as possible, since each costs microseconds of dispatch."""
-        position, end = self.cached_len, self.cached_len + 1
-        hidden = (self.wte.weight[token] + self.wpe.weight[position]).view(1, -1)
-        for layer, keys, values in zip(self.layers, self.layer_keys, self.layer_values):
-            query, key, value = layer.c_attn(layer.ln_1(hidden)).view(3, self.heads, 1, self.head_dim).unbind(0)
-            keys[:, position:end] = key
-            values[:, position:end] = value
-            # One query: two batched products beat SDPA's kernel on the CPUs measured (see benchmarks/).
-            scores = torch.baddbmm(self.no_input, query, keys[:, :end].transpose(1, 2), beta=0, alpha=layer.scaling)
-            attended = torch.bmm(torch.softmax(scores, dim=-1), values[:, :end])
-            hidden = hidden + layer.attn_proj(attended.view(1, -1))
-            hidden = hidden + layer.mlp(hidden)
-        return hidden
 
     def _prefill(self, chunk: list[int]) -> torch.Tensor:
         """Several tokens at once, each seeing the cache and the tokens before it."""
@@ -132,6 +122,26 @@ class StaticRunner:
 
     def reset(self) -> None:
         self.cached_len = 0
+
+
+def one_token(parts: StaticRunner, token: int, position: int, layer_keys, layer_values) -> torch.Tensor:
+    """One token's logits, its keys and values written at `position`: the hot path, as few ops as possible.
+
+    The eager step and the compiled one (korepl.compiled, where token and position are symbolic) run this same
+    code; the caches are arguments so that one compiled graph serves every runner of the model.
+    """
+    end = position + 1
+    hidden = (parts.wte.weight[token] + parts.wpe.weight[position]).view(1, -1)
+    for layer, keys, values in zip(parts.layers, layer_keys, layer_values):
+        query, key, value = layer.c_attn(layer.ln_1(hidden)).view(3, parts.heads, 1, parts.head_dim).unbind(0)
+        keys[:, position:end] = key
+        values[:, position:end] = value
+        # One query: two batched products beat SDPA's kernel on the CPUs measured (see benchmarks/).
+        scores = torch.baddbmm(parts.no_input, query, keys[:, :end].transpose(1, 2), beta=0, alpha=layer.scaling)
+        attended = torch.bmm(torch.softmax(scores, dim=-1), values[:, :end])
+        hidden = hidden + layer.attn_proj(attended.view(1, -1))
+        hidden = hidden + layer.mlp(hidden)
+    return parts.lm_head(parts.ln_f(hidden))
 
 
 class _Layer:
@@ -199,5 +209,5 @@ class RemoteRunner:
         self.cached_len = 0
 
 
-def make_runner(model, device: torch.device) -> StaticRunner | HubRunner:
-    return StaticRunner(model, device) if StaticRunner.supports(model) else HubRunner(model, device)
+def make_runner(model, device: torch.device, compiled=None) -> StaticRunner | HubRunner:
+    return StaticRunner(model, device, compiled) if StaticRunner.supports(model) else HubRunner(model, device)

@@ -284,6 +284,7 @@ class Config:
     device: str
     dtype: str
     quantize: str
+    compile: str  # auto, on or off: see COMPILE
     decoding: Settings
     keep_sessions: int  # how many REPL sessions the state folder keeps (the latest with text always stays)
     # The decoding settings the user chose (in their file or by flags), which win over a resumed session's.
@@ -296,7 +297,8 @@ class Config:
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 QUANTIZE = ("none", "int8")
-LOAD_KEYS = {"device": DEVICES, "dtype": DTYPES, "quantize": QUANTIZE}  # what to load the model with
+COMPILE = ("auto", "on", "off")  # the one-token step compiled in the background (korepl/compiled.py)
+LOAD_KEYS = {"device": DEVICES, "dtype": DTYPES, "quantize": QUANTIZE, "compile": COMPILE}  # how to run the model
 TEXT_KEYS = ("backend", "api_key_command")  # where the model runs: free text, "" = not used
 
 
