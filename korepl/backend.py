@@ -143,7 +143,7 @@ def refusals(engine, settings) -> list[tuple[str, str]]:
         out.append(("ban", "cannot ban words"))
     if settings.no_repeat_ngram_size:
         out.append(("no_repeat_ngram_size", "has no n-gram blocking"))
-    if settings.repetition_window is not None:
+    if settings.repetition_window is not None and engine.api != "llama.cpp":  # llama.cpp: repeat_last_n
         out.append(("repetition_window", "penalises repeats over the whole prompt only"))
     if settings.min_new_tokens and not engine.min_tokens:
         out.append(("min_new_tokens", "has no minimum of new tokens"))

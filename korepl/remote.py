@@ -273,11 +273,13 @@ class Remote:
     def stream(self, prompt_ids: Sequence[int], max_tokens: int, temperature: float = 1.0, top_k: int = 0,
                top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0, seed: int | None = None,
                stop: Sequence[int] = (), n_probs: int = 0, ignore_eos: bool = False,
-               min_tokens: int = 0, ban_ids: Sequence[int] = (), streamed: bool = True) -> Iterator[Token]:
+               min_tokens: int = 0, ban_ids: Sequence[int] = (), streamed: bool = True,
+               repetition_window: int | None = None) -> Iterator[Token]:
         """Yield the engine's continuation of `prompt_ids`, one Token at a time.
 
         temperature 0 is greedy.  top_k 0, top_p 1.0, min_p 0.0 and repetition_penalty 1.0 are off
-        (Hugging Face's semantics; the penalty counts the prompt's ids too).  `stop`: token ids that
+        (Hugging Face's semantics; the penalty counts the prompt's ids too, or only the last
+        `repetition_window` ids where llama.cpp is asked: its repeat_last_n).  `stop`: token ids that
         end the stream once yielded.  The engine's own end-of-text token (`</s>` for KoGPT2) is
         yielded and ends the stream too, unless `ignore_eos`, which the engines implement by banning
         it (it is then never picked, and missing from `top`).  `n_probs` > 0 fills each Token's
@@ -299,6 +301,8 @@ class Remote:
                        if value != off and name not in self.engine.extra_sampling]
         if min_tokens and not self.engine.min_tokens:
             unsupported.append("min_tokens")
+        if repetition_window is not None and self.engine.api != "llama.cpp":
+            unsupported.append("repetition window")
         if unsupported:
             raise RemoteError(f"{shown(self.engine.base_url)}: {self.engine.name} has no {', '.join(unsupported)}; "
                               "turn it off to use this server")
@@ -307,6 +311,8 @@ class Remote:
             path, body, read = "/completion", self._llama_cpp_body(ids, max_tokens, temperature, top_k, top_p, min_p,
                                                                    repetition_penalty, seed, n_probs), _llama_cpp_tokens
             body["ignore_eos"] = ignore_eos
+            if repetition_window is not None:  # its ring buffer holds the prompt's ids and the new ones alike
+                body["repeat_last_n"] = repetition_window
         else:
             path, body, read = "/v1/completions", self._openai_body(ids, max_tokens, temperature, top_k, top_p, min_p,
                                                                     repetition_penalty, seed, n_probs), _openai_tokens

@@ -334,13 +334,14 @@ class Session:
         from korepl.settings import TOP_K_MAX
 
         greedy = settings.greedy
+        seed = None  # greedy draws nothing
+        if not greedy:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator)) if draw else 0
         return dict(temperature=0.0 if greedy else settings.temperature,
                     top_k=1 if greedy else 0 if settings.top_k >= TOP_K_MAX else settings.top_k,
                     top_p=1.0 if greedy else settings.top_p, min_p=0.0 if greedy else settings.min_p,
-                    repetition_penalty=settings.repetition_penalty,
-                    seed=None if greedy else int(torch.randint(0, 2**31 - 1, (1,), generator=self._generator)) if draw
-                    else 0,
-                    ban_ids=sorted(self.controls.suppress_ids), **extra)
+                    repetition_penalty=settings.repetition_penalty, repetition_window=settings.repetition_window,
+                    seed=seed, ban_ids=sorted(self.controls.suppress_ids), **extra)
 
     def _remote_choices(self, start: int) -> Iterator[tuple[int, float]]:
         """(token id, probability) after (token id, ...): a serving engine's stream over what the model sees.
