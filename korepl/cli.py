@@ -14,7 +14,7 @@ from pathlib import Path
 
 from korepl import __version__, paths, textin
 from korepl.errors import UserError
-from korepl.loading import DEFAULT_MODEL, DEMO_MODEL_DIR, ModelUnavailable, apply_threads, load_model
+from korepl.loading import DEFAULT_MODEL, DEMO_MODEL_DIR, ModelUnavailable, apply_threads
 from korepl.settings import (
     DEVICES,
     DTYPES,
@@ -283,25 +283,32 @@ def read_resume(choice: str) -> Resume | None:
 def export_resumed(resume: Resume, config: Config, target: str) -> int:
     """`korepl --resume [FILE] --export OUT`: the session checked as /load checks it, its text written, no REPL.
 
-    The model is loaded because the file is checked against its tokenizer before anything is trusted.
+    The model is loaded because the file is checked against its tokenizer before anything is trusted; with a
+    backend, that is the tokenizer and the probed server (a big model's weights are never loaded here for this).
     """
-    from korepl import export, store
+    from korepl import backend, export, store
     from korepl.errors import UserError
     from korepl.session import Session
 
     try:
         export.check_target(target)  # a bad name is said before the model loads
-        loaded = load_model(config.model, config.device, config.dtype, config.quantize)
+        loaded = backend.load(config)
     except export.ExportError as exc:
         print(f"korepl: cannot export: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ModelUnavailable as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
+    except UserError as exc:  # a server that cannot be used
+        print(f"korepl: cannot export: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    settings = config.decoding
+    if loaded.remote is not None:  # what the server cannot honour is off, as in the REPL (notes not needed here)
+        settings = backend.supported(loaded, settings)[0]
     try:
-        session = Session(loaded, config.decoding)
+        session = Session(loaded, settings)
         store.restore(session, resume.data, resume.path)
         print(export.export(session, target))
     except UserError as exc:  # a damaged session file, a missing folder, a suffix not .txt or .md

@@ -16,19 +16,20 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
-from korepl import backend
+from korepl import backend, store
 from korepl.loading import DEMO_MODEL_DIR
 from korepl.remote import RemoteError
 from korepl.session import Session
 from korepl.settings import SettingError
 
 import conftest  # noqa: E402
-from conftest import LlamaServer  # noqa: E402
+from conftest import LlamaServer, free_port  # noqa: E402
 from proxy import Plan, Proxy  # noqa: E402
 from test_repl_pty import PROMPT as SCREEN_PROMPT, Terminal  # noqa: E402
 
@@ -247,7 +248,6 @@ def test_settings_the_server_cannot_honour_are_refused_in_one_line(remote_demo, 
 
 
 def test_a_saved_session_with_a_refused_setting_is_refused_whole(remote_demo, demo, new_session, tmp_path):
-    from korepl import store
 
     local = new_session(demo, ban=("정한다",), max_new_tokens=5)
     local.add_line(PROMPT)
@@ -535,3 +535,26 @@ def test_backend_command_switches_and_keeps_the_text(llama, tmp_path):
     finally:
         if term.child.isalive():
             term.child.terminate(force=True)
+
+
+def test_export_with_a_backend_needs_the_tokenizer_not_the_weights(remote_demo, new_session, llama, tmp_path):
+    """`--resume --export` with a backend reads the tokenizer (here from a folder without weights) and asks the server."""
+    session = new_session(remote_demo, greedy=True, max_new_tokens=12)
+    session.add_line(PROMPT)
+    list(session.generate())
+    store.save(session, tmp_path / "s.json")
+    tokenizer_only = tmp_path / "tokenizer-only"
+    tokenizer_only.mkdir()
+    for name in os.listdir(DEMO_MODEL_DIR):
+        if not name.endswith(".safetensors") and (DEMO_MODEL_DIR / name).is_file():
+            shutil.copy(DEMO_MODEL_DIR / name, tokenizer_only / name)
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_STATE_HOME": str(tmp_path / "state")}
+    out = run_korepl("--model", str(tokenizer_only), "--backend", llama.url, "--resume", str(tmp_path / "s.json"),
+                     "--export", str(tmp_path / "out.txt"), env=env)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out.txt").read_text(encoding="utf-8") == session.text
+    dead = f"http://127.0.0.1:{free_port()}"
+    out = run_korepl("--model", str(tokenizer_only), "--backend", dead, "--resume", str(tmp_path / "s.json"),
+                     "--export", str(tmp_path / "again.txt"), env=env)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and dead in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "again.txt").exists()
