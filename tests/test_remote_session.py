@@ -248,7 +248,6 @@ def test_settings_the_server_cannot_honour_are_refused_in_one_line(remote_demo, 
 
 
 def test_a_saved_session_with_a_refused_setting_is_refused_whole(remote_demo, demo, new_session, tmp_path):
-
     local = new_session(demo, ban=("정한다",), max_new_tokens=5)
     local.add_line(PROMPT)
     list(local.generate())
