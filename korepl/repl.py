@@ -198,7 +198,8 @@ class Repl:
             backend = server_label(loaded) + (" (TLS not checked)" if self.config.insecure else "")
         elif self.config.backend:
             backend = self.config.backend
-        compiled = loaded.compiled.describe() if loaded is not None and loaded.compiled is not None else "off"
+        compiled = "(the model is loading)" if loaded is None else "not used (the model runs on the server)" \
+            if loaded.remote is not None else loaded.compiled.describe() if loaded.compiled is not None else "off"
         return [("model", model), ("backend", backend), ("device", loaded.where if loaded else self.config.device),
                 ("dtype", self.config.dtype), ("quantize", self.config.quantize), ("precision", in_effect),
                 ("compile", f"{self.config.compile}: {compiled}"), ("session file", self._session_file())]
