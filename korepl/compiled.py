@@ -39,10 +39,12 @@ class CompiledStep:
     eager (compiled but not faster, or not worth it or not possible here: `note` says why).
     """
 
-    def __init__(self, model, device: torch.device, mode: str = "auto", cache_dir: Path | None = None):
+    def __init__(self, model, device: torch.device, mode: str = "auto", cache_dir: Path | None = None,
+                 attention_dtype: torch.dtype | None = None):
         self.state, self.note = "waiting", ""
         self.mode = mode  # auto: used only where faster; on: used once compiled
         self._model, self._device, self._cache_dir = model, device, cache_dir
+        self._attention_dtype = attention_dtype  # as the runners' (korepl.loading.LoadedModel.attention_dtype)
         self._step: Callable | None = None  # set only when it is in use
         self._started = False
 
@@ -85,7 +87,8 @@ class CompiledStep:
             self.state = "eager"
             self.note = f"not worth it for {parameters / 1e6:.1f}M parameters (compile = on forces it)"
             return
-        scratch = StaticRunner(self._model, self._device)  # its own cache: the writer's is never touched
+        # Its own cache, of the runners' precision: the writer's is never touched.
+        scratch = StaticRunner(self._model, self._device, attention_dtype=self._attention_dtype)
 
         def step(token, position, layer_keys, layer_values):
             return one_token(scratch, token, position, layer_keys, layer_values)

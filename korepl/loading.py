@@ -56,6 +56,8 @@ class LoadedModel:
     precision_note: str = "asked for"  # why: asked for, or what `auto` measured
     layout: str = "in_out"  # GPT-2's products: "in_out" (its Conv1D, addmm) or "out_in" (nn.Linear), the faster here
     layout_note: str = "the model's own"  # why: what precision.fast_layout measured
+    attention: str = ""  # GPT-2's cache and attention precision where not the weights' ("" = theirs)
+    attention_note: str = "the weights' own"  # why: what precision.fast_attention measured
     parameters: int = 0  # counted before int8 packs the weights away from .parameters()
     load_seconds: float = 0.0
     remote: object = None  # a korepl.remote.Remote when a serving engine runs the model (korepl.backend)
@@ -70,6 +72,13 @@ class LoadedModel:
         config = self.model.config
         return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
 
+
+    @property
+    def attention_dtype(self):
+        """The torch dtype of GPT-2's cache and attention, or None for the weights' own."""
+        import torch
+
+        return getattr(torch, self.attention) if self.attention else None
 
     @property
     def where(self) -> str:
@@ -125,16 +134,18 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
     if chosen != "float32":
         precision.apply(model, chosen)
     model.to(target)
-    layout, layout_note = "in_out", "the model's own"
+    layout, layout_note, attention, attention_note = "in_out", "the model's own", "", "the weights' own"
     if chosen == "int8" or _has_conv1d(model):
         layout, layout_note = precision.fast_layout(chosen, target, config.hidden_size,
                                                     paths.state_dir() / "precision.json")
         if layout == "out_in":
             precision.to_linear(model)
+        attention, attention_note = precision.fast_attention(
+            chosen, target, config.n_head, config.n_embd // config.n_head, paths.state_dir() / "precision.json")
     name = str(local.resolve()) if local.is_dir() else source  # a folder by its full path: saved sessions find it
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, precision=chosen,
                        precision_note=why, parameters=parameters, load_seconds=time.perf_counter() - started,
-                       layout=layout, layout_note=layout_note)
+                       layout=layout, layout_note=layout_note, attention=attention, attention_note=attention_note)
 
 
 def _has_conv1d(model) -> bool:

@@ -190,6 +190,58 @@ def measure_layouts(path: str, device, hidden: int, rounds: int = 25) -> dict[st
     return best
 
 
+def fast_attention(path: str, device, heads: int, head_dim: int, cache: Path | None) -> tuple[str, str]:
+    """(dtype name, why): the precision one-query attention runs in for `path`: its own, or float32 if faster.
+
+    Half-precision batched products have no fast kernel on some CPUs: on one AMD EPYC, attention over 900 cached
+    positions took 521 us a layer in float16 against 71 us in float32.  So a half path may keep its cache and its
+    attention in float32 (twice the cache's memory, and two casts a layer).  Measured once per device, torch
+    version, precision and head shape, and remembered beside the other verdicts.
+    """
+    if path in ("float32", "int8"):  # int8 keeps float32 activations
+        return "float32", "the weights' own"
+    key = f"attention | {device_name(device)} | torch {_torch_version()} | {path} | {heads}x{head_dim}"
+    known = _read_cache(cache) if cache is not None else {}
+    if key in known:
+        return known[key]["dtype"], f"measured before ({known[key]['ms']})"
+    timings = measure_attention(path, device, heads, head_dim)
+    dtype = "float32" if timings["float32"] < timings[path] else path
+    summary = ", ".join(f"{name} {ms:.3f} ms" for name, ms in timings.items())
+    known[key] = {"dtype": dtype, "ms": summary}
+    _write_cache(cache, known)
+    return dtype, f"measured now ({summary})"
+
+
+def measure_attention(path: str, device, heads: int, head_dim: int, positions: int = 512,
+                      rounds: int = 15) -> dict[str, float]:
+    """Milliseconds for one query's attention over `positions` cached ones, in `path`'s precision and in float32
+    (with the casts in and out that float32 costs a half path), the best of `rounds`, taking turns."""
+    import torch
+
+    half = getattr(torch, path)
+    query = torch.randn(heads, 1, head_dim, dtype=half, device=device)
+    caches = {dtype: (torch.randn(heads, positions, head_dim, device=device).to(dtype),
+                      torch.randn(heads, positions, head_dim, device=device).to(dtype))
+              for dtype in (half, torch.float32)}
+
+    def attend(dtype):
+        keys, values = caches[dtype]
+        scores = torch.bmm(query.to(dtype), keys.transpose(1, 2)) * head_dim ** -0.5
+        return torch.bmm(torch.softmax(scores, dim=-1), values).to(half)
+
+    runs = {path: lambda: attend(half), "float32": lambda: attend(torch.float32)}
+    best = dict.fromkeys(runs, float("inf"))
+    with torch.inference_mode():
+        for _ in range(rounds + 1):  # the first round warms up
+            for name, run in runs.items():
+                started = time.perf_counter()
+                run()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                best[name] = min(best[name], (time.perf_counter() - started) * 1000)
+    return best
+
+
 def device_name(device) -> str:
     """The CPU's model or the GPU's name: what speed verdicts are kept by."""
     if device.type == "cuda":

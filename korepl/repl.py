@@ -81,7 +81,7 @@ class BackgroundLoad:
                 from korepl.compiled import CompiledStep
 
                 self.loaded.compiled = CompiledStep(self.loaded.model, self.loaded.device, config.compile,
-                                                    paths.cache_dir() / "inductor")
+                                                    paths.cache_dir() / "inductor", self.loaded.attention_dtype)
                 self.loaded.compiled.start()  # on its own thread: the eager step serves meanwhile
         except ModelUnavailable as exc:
             self.error = str(exc)

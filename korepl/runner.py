@@ -58,7 +58,9 @@ class HubRunner:
 class StaticRunner:
     """GPT-2's forward pass over a cache preallocated for the whole window."""
 
-    def __init__(self, model, device: torch.device, compiled=None):
+    def __init__(self, model, device: torch.device, compiled=None, attention_dtype: torch.dtype | None = None):
+        """`attention_dtype`: the cache's and attention's precision when not the weights' (korepl.precision
+        measures it: on one CPU, attention in float16 took 7x as long as in float32)."""
         transformer, config = model.transformer, model.config
         self.device = device
         self.layers = [_Layer(block) for block in transformer.h]
@@ -67,7 +69,9 @@ class StaticRunner:
         self.heads, self.head_dim = config.n_head, config.n_embd // config.n_head
         window = config.n_positions
         weight = transformer.wte.weight
-        dtype = weight.dtype if weight.is_floating_point() else torch.float32
+        self.dtype = weight.dtype if weight.is_floating_point() else torch.float32  # the hidden state's
+        dtype = attention_dtype or self.dtype
+        self.upcast = dtype != self.dtype  # queries, keys and values change precision before attention
         # torch.empty: pages are committed only as positions are written, so a short text costs little memory.
         shape = (len(self.layers), self.heads, window, self.head_dim)
         self.keys = torch.empty(shape, dtype=dtype, device=device)
@@ -106,13 +110,14 @@ class StaticRunner:
         # From the start the mask is plain causal, which SDPA does without one.
         mask = None if start == 0 else self.positions[:end].unsqueeze(0) <= self.positions[start:end].unsqueeze(1)
         for layer, keys, values in zip(self.layers, self.layer_keys, self.layer_values):
-            query, key, value = layer.c_attn(layer.ln_1(hidden)).split(layer.width, dim=1)
+            projected = layer.c_attn(layer.ln_1(hidden))
+            query, key, value = (projected.to(keys.dtype) if self.upcast else projected).split(layer.width, dim=1)
             keys[:, start:end] = key.view(shape).transpose(0, 1)
             values[:, start:end] = value.view(shape).transpose(0, 1)
             # SDPA's fused CPU kernel takes only 4-D inputs (3-D falls back to a 4x slower path).
             attended = F.scaled_dot_product_attention(
                 query.view(shape).transpose(0, 1)[None], keys[None, :, :end], values[None, :, :end],
-                is_causal=mask is None, attn_mask=mask, scale=layer.scaling)[0]
+                is_causal=mask is None, attn_mask=mask, scale=layer.scaling)[0].to(hidden.dtype)
             hidden = hidden + layer.attn_proj(attended.transpose(0, 1).reshape(end - start, layer.width))
             hidden = hidden + layer.mlp(hidden)
         return hidden
@@ -133,12 +138,17 @@ def one_token(parts: StaticRunner, token: int, position: int, layer_keys, layer_
     end = position + 1
     hidden = (parts.wte.weight[token] + parts.wpe.weight[position]).view(1, -1)
     for layer, keys, values in zip(parts.layers, layer_keys, layer_values):
-        query, key, value = layer.c_attn(layer.ln_1(hidden)).view(3, parts.heads, 1, parts.head_dim).unbind(0)
+        projected = layer.c_attn(layer.ln_1(hidden))
+        if parts.upcast:
+            projected = projected.to(keys.dtype)
+        query, key, value = projected.view(3, parts.heads, 1, parts.head_dim).unbind(0)
         keys[:, position:end] = key
         values[:, position:end] = value
         # One query: two batched products beat SDPA's kernel on the CPUs measured (see benchmarks/).
         scores = torch.baddbmm(parts.no_input, query, keys[:, :end].transpose(1, 2), beta=0, alpha=layer.scaling)
         attended = torch.bmm(torch.softmax(scores, dim=-1), values[:, :end])
+        if parts.upcast:
+            attended = attended.to(hidden.dtype)
         hidden = hidden + layer.attn_proj(attended.view(1, -1))
         hidden = hidden + layer.mlp(hidden)
     return parts.lm_head(parts.ln_f(hidden))
@@ -209,5 +219,7 @@ class RemoteRunner:
         self.cached_len = 0
 
 
-def make_runner(model, device: torch.device, compiled=None) -> StaticRunner | HubRunner:
-    return StaticRunner(model, device, compiled) if StaticRunner.supports(model) else HubRunner(model, device)
+def make_runner(model, device: torch.device, compiled=None, attention_dtype=None) -> StaticRunner | HubRunner:
+    if StaticRunner.supports(model):
+        return StaticRunner(model, device, compiled, attention_dtype)
+    return HubRunner(model, device)

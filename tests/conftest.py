@@ -81,7 +81,7 @@ def hf_greedy():
 def runner(request, monkeypatch):
     """A cache check run on both runners: GPT-2's preallocated cache and transformers' DynamicCache."""
     if request.param == "hub":
-        monkeypatch.setattr(context_module, "make_runner", lambda model, device, compiled=None: HubRunner(model, device))
+        monkeypatch.setattr(context_module, "make_runner", lambda model, device, *_: HubRunner(model, device))
     return request.param
 
 
