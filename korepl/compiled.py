@@ -46,7 +46,7 @@ class CompiledStep:
         self._model, self._device, self._cache_dir = model, device, cache_dir
         self._attention_dtype = attention_dtype  # as the runners' (korepl.loading.LoadedModel.attention_dtype)
         self._step: Callable | None = None  # set only when it is in use
-        self._started = False
+        self.started = False
 
     @property
     def ready(self) -> bool:
@@ -62,14 +62,14 @@ class CompiledStep:
 
     def start(self) -> None:
         """Compile on a thread; the runners keep the eager step until this says `compiled`."""
-        if self._started:
+        if self.started:
             return
-        self._started = True
+        self.started = True
         threading.Thread(target=self._compile_in_background, name="korepl-compile", daemon=True).start()
 
     def compile_now(self) -> None:
         """The same work on the caller's thread (tests, the benchmark)."""
-        self._started = True
+        self.started = True
         self._compile_and_choose()
 
     def _compile_in_background(self) -> None:
@@ -96,8 +96,8 @@ class CompiledStep:
         with torch.inference_mode():
             scratch.run(list(range(8)))
         try:
-            if self._cache_dir is not None:
-                os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self._cache_dir))
+            if self._cache_dir is not None:  # read by inductor at each use (and by its compile workers)
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self._cache_dir)
             started, self.state = time.perf_counter(), "compiling"
             compiling = torch.compile(step, fullgraph=True, dynamic=True)
             with torch.inference_mode():

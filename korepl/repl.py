@@ -44,6 +44,7 @@ ESCAPED_SLASH = "//"
 TYPED_AHEAD_NOTE = "[running the line typed while korepl was busy]"
 # Internal errors in a row after which korepl leaves (the loop itself is broken, not one command).
 MAX_CRASHES_IN_A_ROW = 3
+COMPILE_AFTER_IDLE = 10.0  # seconds at the prompt, with no continuation yet, before the step compiles
 
 
 class Hangup(BaseException):
@@ -80,9 +81,10 @@ class BackgroundLoad:
                 from korepl import paths
                 from korepl.compiled import CompiledStep
 
+                # Started by the REPL once the writer is idle (Repl._compile_when_idle), not here: compiling
+                # beside the first continuation made launch-to-first-token 1.7x as long.
                 self.loaded.compiled = CompiledStep(self.loaded.model, self.loaded.device, config.compile,
-                                                    paths.cache_dir() / "inductor", self.loaded.attention_dtype)
-                self.loaded.compiled.start()  # on its own thread: the eager step serves meanwhile
+                                                    paths.inductor_cache_dir(), self.loaded.attention_dtype)
         except ModelUnavailable as exc:
             self.error = str(exc)
         except UserError as exc:  # a server that cannot be used, an api_key_command that failed
@@ -146,6 +148,8 @@ class Repl:
             self._notices.append(INSECURE_WARNING)
         self._resume = resume
         self._load_error_shown = False
+        self._compile_timer: threading.Timer | None = None
+        self._prompt: PromptSession | None = None  # set by run()
         self._terminal = BusyTerminal()  # between prompts: keys typed meanwhile wait for the next prompt
         self.journal = journal.Journal(paths.sessions_dir(), config.keep_sessions)
         self._hangup = 0  # the SIGTERM or SIGHUP that came, if one did
@@ -473,6 +477,7 @@ class Repl:
                     self._load_error_shown = True
                 self._print_notices()
                 self._save()
+                self._compile_when_idle()
             line = self._read(prompt, self._terminal.take_typed_ahead())
         except KeyboardInterrupt:
             return  # Ctrl+C at the prompt clears the line (or, before it, waited for the session to be made)
@@ -487,6 +492,24 @@ class Repl:
             say("[stopped]", "note")
         finally:
             self._save()
+
+    def _compile_when_idle(self) -> None:
+        """Start compiling the step at the first prompt after a continuation, or after the writer has sat at the
+        prompt for COMPILE_AFTER_IDLE seconds: never beside the first continuation, which it would slow."""
+        loaded = self._load.loaded
+        compiled = loaded.compiled if loaded is not None and self._load.done.is_set() else None
+        if compiled is None or compiled.started:
+            return
+        if self._session is not None and self._session.last_stats is not None:
+            compiled.start()
+        elif self._compile_timer is None or self._compile_timer.finished.is_set():
+            def start_if_at_prompt() -> None:
+                if self._prompt is not None and self._prompt.app.is_running:
+                    compiled.start()
+
+            self._compile_timer = threading.Timer(COMPILE_AFTER_IDLE, start_if_at_prompt)
+            self._compile_timer.daemon = True
+            self._compile_timer.start()
 
     def _read(self, prompt: PromptSession, typed_ahead: bytes = b"") -> str | None:
         """The next line (or block), cleaned; None when cleaning left nothing of a line that had something.

@@ -86,6 +86,7 @@ class Session:
         self.settings = settings  # validated against this tokenizer; `generate` follows it
         self.text = ""  # the writer's text: what was fed (newlines kept) and what was generated
         self.last_ending: Ending | None = None
+        self.last_stats: Stats | None = None  # the last continuation's figures (/stats), None before the first
         self.root = self.turn = turns.start()  # the tree of turns, and where the text stands in it
         self._turn_size = (0, 0)  # the current turn's (ids, characters)
         self._unchanged_chars = 0  # leading characters of the text as they are in the current turn

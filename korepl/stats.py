@@ -67,7 +67,7 @@ def _rate(tokens: int, seconds: float) -> str:
 
 def of(session) -> Stats | None:
     """The session's last continuation's figures; None before its first."""
-    return getattr(session, "last_stats", None)
+    return session.last_stats
 
 
 def count(n: int) -> str:
