@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from korepl.runner import StaticRunner, one_token
+from korepl.runner import OpPrecision, StaticRunner, one_token
 
 # Under `auto`, smaller models are not compiled: the compiled call's own fixed cost (its guards) is about what it
 # saves.  Decided by size, not by timing the step, so that a busy machine does not change the answer.
@@ -40,11 +40,11 @@ class CompiledStep:
     """
 
     def __init__(self, model, device: torch.device, mode: str = "auto", cache_dir: Path | None = None,
-                 attention_dtype: torch.dtype | None = None):
+                 ops: OpPrecision = OpPrecision()):
         self.state, self.note = "waiting", ""
         self.mode = mode  # auto: used only where faster; on: used once compiled
         self._model, self._device, self._cache_dir = model, device, cache_dir
-        self._attention_dtype = attention_dtype  # as the runners' (korepl.loading.LoadedModel.attention_dtype)
+        self._ops = ops  # as the runners' (korepl.loading.LoadedModel.ops)
         self._step: Callable | None = None  # set only when it is in use
         self.started = False
 
@@ -88,7 +88,7 @@ class CompiledStep:
             self.note = f"not worth it for {parameters / 1e6:.1f}M parameters (compile = on forces it)"
             return
         # Its own cache, of the runners' precision: the writer's is never touched.
-        scratch = StaticRunner(self._model, self._device, attention_dtype=self._attention_dtype)
+        scratch = StaticRunner(self._model, self._device, ops=self._ops)
 
         def step(token, position, layer_keys, layer_values):
             return one_token(scratch, token, position, layer_keys, layer_values)

@@ -38,7 +38,7 @@ class Context:
         self.view_start = 0  # the model sees memory + ids[view_start:]
         # The model and its KV cache, which holds (memory + ids[view_start:])[:runner.cached_len].
         self.runner = (RemoteRunner() if loaded.remote is not None
-                       else make_runner(loaded.model, loaded.device, loaded.compiled, loaded.attention_dtype))
+                       else make_runner(loaded.model, loaded.device, loaded.compiled, loaded.ops))
         self.tokens_run = 0  # tokens passed through the model so far (tests and benchmarks read it)
         self.slides = 0
         self.unchanged = 0  # how many leading ids are as they were at the last `mark`

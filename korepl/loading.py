@@ -58,6 +58,8 @@ class LoadedModel:
     layout_note: str = "the model's own"  # why: what precision.fast_layout measured
     attention: str = ""  # GPT-2's cache and attention precision where not the weights' ("" = theirs)
     attention_note: str = "the weights' own"  # why: what precision.fast_attention measured
+    prefill: str = ""  # the precision of a prefill's products where not the weights' ("" = theirs)
+    prefill_note: str = "the weights' own"  # why: what precision.fast_prefill measured
     parameters: int = 0  # counted before int8 packs the weights away from .parameters()
     load_seconds: float = 0.0
     remote: object = None  # a korepl.remote.Remote when a serving engine runs the model (korepl.backend)
@@ -74,11 +76,14 @@ class LoadedModel:
 
 
     @property
-    def attention_dtype(self):
-        """The torch dtype of GPT-2's cache and attention, or None for the weights' own."""
+    def ops(self):
+        """The runner.OpPrecision of GPT-2's step: which ops run in another precision than the weights'."""
         import torch
 
-        return getattr(torch, self.attention) if self.attention else None
+        from korepl.runner import OpPrecision
+
+        return OpPrecision(attention=getattr(torch, self.attention) if self.attention else None,
+                           prefill=getattr(torch, self.prefill) if self.prefill else None)
 
     @property
     def where(self) -> str:
@@ -135,6 +140,7 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
         precision.apply(model, chosen)
     model.to(target)
     layout, layout_note, attention, attention_note = "in_out", "the model's own", "", "the weights' own"
+    prefill, prefill_note = "", "the weights' own"
     if chosen == "int8" or _has_conv1d(model):
         layout, layout_note = precision.fast_layout(chosen, target, config.hidden_size,
                                                     paths.state_dir() / "precision.json")
@@ -142,10 +148,13 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
             precision.to_linear(model)
         attention, attention_note = precision.fast_attention(
             chosen, target, config.n_head, config.n_embd // config.n_head, paths.state_dir() / "precision.json")
+        prefill, prefill_note = precision.fast_prefill(chosen, target, config.n_embd, layout,
+                                                      paths.state_dir() / "precision.json")
     name = str(local.resolve()) if local.is_dir() else source  # a folder by its full path: saved sessions find it
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, precision=chosen,
                        precision_note=why, parameters=parameters, load_seconds=time.perf_counter() - started,
-                       layout=layout, layout_note=layout_note, attention=attention, attention_note=attention_note)
+                       layout=layout, layout_note=layout_note, attention=attention, attention_note=attention_note,
+                       prefill=prefill, prefill_note=prefill_note)
 
 
 def _has_conv1d(model) -> bool:

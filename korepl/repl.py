@@ -84,7 +84,7 @@ class BackgroundLoad:
                 # Started by the REPL once the writer is idle (Repl._compile_when_idle), not here: compiling
                 # beside the first continuation made launch-to-first-token 1.7x as long.
                 self.loaded.compiled = CompiledStep(self.loaded.model, self.loaded.device, config.compile,
-                                                    paths.inductor_cache_dir(), self.loaded.attention_dtype)
+                                                    paths.inductor_cache_dir(), self.loaded.ops)
         except ModelUnavailable as exc:
             self.error = str(exc)
         except UserError as exc:  # a server that cannot be used, an api_key_command that failed

@@ -16,6 +16,8 @@ products (mask building, cache concatenation, dispatch); `benchmarks/` measures 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
@@ -55,22 +57,29 @@ class HubRunner:
         self.cached_len = 0
 
 
+@dataclass(frozen=True)
+class OpPrecision:
+    """Ops a path runs in another precision than its weights' because that is faster on this device (measured by
+    korepl.precision: on one CPU, float16 attention took 7x and a float16 prefill's products 4x float32's time)."""
+
+    attention: torch.dtype | None = None  # the cache and one-query attention
+    prefill: torch.dtype | None = None  # products over several tokens at once, the weights cast for each
+
+
 class StaticRunner:
     """GPT-2's forward pass over a cache preallocated for the whole window."""
 
-    def __init__(self, model, device: torch.device, compiled=None, attention_dtype: torch.dtype | None = None):
-        """`attention_dtype`: the cache's and attention's precision when not the weights' (korepl.precision
-        measures it: on one CPU, attention in float16 took 7x as long as in float32)."""
+    def __init__(self, model, device: torch.device, compiled=None, ops: OpPrecision = OpPrecision()):
         transformer, config = model.transformer, model.config
         self.device = device
-        self.layers = [_Layer(block) for block in transformer.h]
+        self.layers = [_Layer(block, ops.prefill) for block in transformer.h]
         self.wte, self.wpe = transformer.wte, transformer.wpe
         self.ln_f, self.lm_head = _norm(transformer.ln_f), _linear(model.lm_head)
         self.heads, self.head_dim = config.n_head, config.n_embd // config.n_head
         window = config.n_positions
         weight = transformer.wte.weight
         self.dtype = weight.dtype if weight.is_floating_point() else torch.float32  # the hidden state's
-        dtype = attention_dtype or self.dtype
+        dtype = ops.attention or self.dtype
         self.upcast = dtype != self.dtype  # queries, keys and values change precision before attention
         # torch.empty: pages are committed only as positions are written, so a short text costs little memory.
         shape = (len(self.layers), self.heads, window, self.head_dim)
@@ -157,25 +166,32 @@ def one_token(parts: StaticRunner, token: int, position: int, layer_keys, layer_
 class _Layer:
     """One GPT-2 block's parts as plain functions: the ops its modules run, without their call overhead."""
 
-    def __init__(self, block):
+    def __init__(self, block, prefill: torch.dtype | None = None):
         attn, mlp = block.attn, block.mlp
         self.ln_1, self.ln_2 = _norm(block.ln_1), _norm(block.ln_2)
-        self.c_attn, self.attn_proj = _linear(attn.c_attn), _linear(attn.c_proj)
-        self.c_fc, self.c_proj, self.act = _linear(mlp.c_fc), _linear(mlp.c_proj), _activation(block)
+        self.c_attn, self.attn_proj = _linear(attn.c_attn, prefill), _linear(attn.c_proj, prefill)
+        self.c_fc, self.c_proj = _linear(mlp.c_fc, prefill), _linear(mlp.c_proj, prefill)
+        self.act = _activation(block)
         self.width, self.scaling = attn.split_size, attn.scaling
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.act(self.c_fc(self.ln_2(x))))
 
 
-def _linear(module):
+def _linear(module, prefill: torch.dtype | None = None):
     """A linear layer as the one op it runs, without the module call around it (the same numbers).
+
+    `prefill`: several tokens' products run in that precision, the weights cast for each call (a float16 prefill
+    in float32 where float16 matrix products are slow); one token's stay in the weights' own.
 
     GPT-2's Conv1D is an addmm over [in, out] weights, an nn.Linear an F.linear over [out, in]; an int8 layer is torch's dynamic-quantized linear
     op on its packed weights, called without the module wrapper, which costs a noticeable share of the step.
     """
     if isinstance(module, Conv1D):
         weight, bias = module.weight, module.bias
+        if prefill is not None:
+            return lambda x: torch.addmm(bias, x, weight) if x.shape[0] == 1 else \
+                torch.addmm(bias.to(prefill), x.to(prefill), weight.to(prefill)).to(x.dtype)
         return lambda x: torch.addmm(bias, x, weight)
     packed = getattr(module, "_packed_params", None)
     if packed is not None and packed.dtype == torch.qint8 and (module.version or 0) >= 4:
@@ -183,6 +199,9 @@ def _linear(module):
         return lambda x: linear_dynamic(x, weights, True)  # True: reduce_range, as the module passes
     if type(module) is torch.nn.Linear:  # a Conv1D turned [out, in] where that layout is faster (precision.py)
         weight, bias = module.weight, module.bias
+        if prefill is not None:
+            return lambda x: F.linear(x, weight, bias) if x.shape[0] == 1 else \
+                F.linear(x.to(prefill), weight.to(prefill), bias.to(prefill)).to(x.dtype)
         return lambda x: F.linear(x, weight, bias)
     return module
 
@@ -219,7 +238,7 @@ class RemoteRunner:
         self.cached_len = 0
 
 
-def make_runner(model, device: torch.device, compiled=None, attention_dtype=None) -> StaticRunner | HubRunner:
+def make_runner(model, device: torch.device, compiled=None, ops: OpPrecision = OpPrecision()) -> StaticRunner | HubRunner:
     if StaticRunner.supports(model):
-        return StaticRunner(model, device, compiled, attention_dtype)
+        return StaticRunner(model, device, compiled, ops)
     return HubRunner(model, device)

@@ -92,6 +92,7 @@ def model_facts(loaded, threads: int) -> list[tuple[str, str]]:
     rows += [("window", f"{loaded.window} tokens"), ("vocabulary", f"{len(loaded.tokenizer)} tokens"),
              ("precision", f"{loaded.precision} ({loaded.precision_note})"),
              ("weight layout", f"{loaded.layout} ({loaded.layout_note})"),
-             ("attention", f"{loaded.attention or loaded.precision} ({loaded.attention_note})"), ("device", loaded.where),
+             ("attention", f"{loaded.attention or loaded.precision} ({loaded.attention_note})"),
+             ("prefill products", f"{loaded.prefill or loaded.precision} ({loaded.prefill_note})"), ("device", loaded.where),
              ("threads", f"{torch.get_num_threads()}" + (" (torch's default)" if threads == 0 else ""))]
     return rows

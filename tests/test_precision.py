@@ -14,7 +14,7 @@ from transformers.pytorch_utils import Conv1D
 
 from korepl import precision
 from korepl.loading import DEMO_MODEL_DIR, load_model
-from korepl.runner import HubRunner, StaticRunner
+from korepl.runner import HubRunner, OpPrecision, StaticRunner
 from korepl.session import Session
 from korepl.settings import load_defaults
 
@@ -98,11 +98,11 @@ def test_the_layout_verdict_is_measured_once_per_precision_then_remembered(tmp_p
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_a_half_path_with_float32_attention_keeps_its_numbers(dtype):
-    """A half path whose cache and attention are float32 (where that is faster) agrees with the model's own forward
-    as closely as its all-half step does, through a prefill, single steps, a crop and a re-run."""
+def test_a_half_path_with_float32_attention_and_prefill_keeps_its_numbers(dtype):
+    """A half path whose cache, attention and prefill products are float32 (where that is faster) agrees with the
+    model's own forward as closely as its all-half step does, through a prefill, single steps, a crop and a re-run."""
     loaded = load_model(str(DEMO_MODEL_DIR), "cpu", dtype)
-    upcast = StaticRunner(loaded.model, loaded.device, attention_dtype=torch.float32)
+    upcast = StaticRunner(loaded.model, loaded.device, ops=OpPrecision(attention=torch.float32, prefill=torch.float32))
     assert upcast.upcast and upcast.keys.dtype == torch.float32
     ids = loaded.tokenizer.encode("대한민국의 모든 국민은 법 앞에 평등하다. 누구든지 성별 종교 또는 사회적 신분에 의하여")
     full = torch.tensor([ids])
@@ -115,7 +115,7 @@ def test_a_half_path_with_float32_attention_keeps_its_numbers(dtype):
         torch.testing.assert_close(upcast.run(ids[8:12]), reference[11], atol=5e-2, rtol=5e-2)
 
 
-def test_the_attention_verdict_is_measured_once_then_remembered(tmp_path):
+def test_the_attention_and_prefill_verdicts_are_measured_once_then_remembered(tmp_path):
     cache, cpu = tmp_path / "precision.json", torch.device("cpu")
     dtype, why = precision.fast_attention("float16", cpu, 4, 16, cache)
     assert dtype in ("float16", "float32") and why.startswith("measured now (float16 ")
@@ -123,6 +123,11 @@ def test_the_attention_verdict_is_measured_once_then_remembered(tmp_path):
     assert precision.fast_attention("float32", cpu, 4, 16, cache)[0] == "float32"  # nothing to measure
     assert precision.fast_attention("int8", cpu, 4, 16, cache)[0] == "float32"
     assert len(json.loads(cache.read_text())) == 1
+    prefill, why = precision.fast_prefill("float16", cpu, 32, "out_in", cache)
+    assert prefill in ("", "float32") and why.startswith("measured now (float16 ")
+    assert precision.fast_prefill("float16", cpu, 32, "out_in", cache)[1].startswith("measured before")
+    assert precision.fast_prefill("float32", cpu, 32, "out_in", cache) == ("", "the weights' own")
+    assert len(json.loads(cache.read_text())) == 2
 
 
 def test_int8_covers_every_linear_layer_and_the_output_projection(demo):
