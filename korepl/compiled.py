@@ -30,6 +30,7 @@ from korepl.runner import OpPrecision, StaticRunner, one_token
 # Under `auto`, smaller models are not compiled: the compiled call's own fixed cost (its guards) is about what it
 # saves.  Decided by size, not by timing the step, so that a busy machine does not change the answer.
 WORTH_PARAMETERS = 20_000_000
+THREAD_NAME = "korepl-compile"  # korepl.repl leaves with os._exit while it runs (a compile cannot be stopped)
 
 
 class CompiledStep:
@@ -54,6 +55,11 @@ class CompiledStep:
 
     def run(self, runner: StaticRunner, token: int) -> torch.Tensor:
         """The logits after `token` at the runner's next position, writing its cache there."""
+        position = runner.cached_len
+        # The compiler specialises sizes 0 and 1, and a view of the whole cache: those would need graphs of their
+        # own (found by the guards that failed), so those few steps run eager.
+        if token < 2 or position < 2 or position + 1 >= runner.keys.shape[2]:
+            return one_token(runner, token, position, runner.layer_keys, runner.layer_values)
         try:
             return self._step(token, runner.cached_len, runner.layer_keys, runner.layer_values)
         except RuntimeError as exc:  # it would have to compile again here (a guard failed): never on this thread
@@ -65,7 +71,7 @@ class CompiledStep:
         if self.started:
             return
         self.started = True
-        threading.Thread(target=self._compile_in_background, name="korepl-compile", daemon=True).start()
+        threading.Thread(target=self._compile_in_background, name=THREAD_NAME, daemon=True).start()
 
     def compile_now(self) -> None:
         """The same work on the caller's thread (tests, the benchmark)."""

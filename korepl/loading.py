@@ -130,7 +130,10 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
     config = model.config
     try:
         chosen, why = precision.resolve(dtype, quantize, target.type, config.hidden_size, config.vocab_size,
-                                      paths.state_dir() / "precision.json")
+                                      paths.state_dir() / "precision.json",
+                                      layers=getattr(config, "num_hidden_layers", None) or 12,
+                                      heads=getattr(config, "num_attention_heads", None),
+                                      positions=getattr(config, "max_position_embeddings", None) or 1024)
     except ValueError as exc:
         raise ModelUnavailable(f"korepl: {exc}") from None
     model.eval()

@@ -2,14 +2,17 @@
 
 A precision is a property of the loaded model: the session, sampling and streaming code are the same
 for every path.  Which path is fastest depends on the CPU (half precision is 5x faster than float32 on
-one machine of this kind and slower on another), so `auto` measures the matrix-vector products of this
-model's shapes once per CPU model and torch version, caches the verdict in the state folder, and never
-picks a path slower than float32.
+one machine of this kind and slower on another), so `auto` measures the whole one-token step of a model of
+this model's shape on each path once per CPU model and shape (again when the verdict is old, from another torch,
+or implausible), caches the verdict and its figures in the state folder, and never picks a path slower than
+float32.  The products alone do not decide it: on one AMD EPYC float16 had the fastest products and the slowest
+step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import time
@@ -123,8 +126,15 @@ def _quiet():
         yield
 
 
-def resolve(dtype: str, quantize: str, device_type: str, hidden: int, vocab: int, cache: Path) -> tuple[str, str]:
-    """(path, why) for the dtype and quantize asked for; `auto` measures once and remembers."""
+def resolve(dtype: str, quantize: str, device_type: str, hidden: int, vocab: int, cache: Path | None, *,
+            layers: int = 12, heads: int | None = None, positions: int = 1024) -> tuple[str, str]:
+    """(path, why) for the dtype and quantize asked for; `auto` measures the whole step once and remembers.
+
+    `hidden`, `vocab`, `layers`, `heads` and `positions` are the model's shape: `auto` times a one-token step of a
+    GPT-2 of that shape on each path (see measure_step) and keeps the verdict per CPU model and shape, with the
+    figures, the torch version and the time it was measured; a verdict that is old, from another torch, or that does
+    not hold together is measured again.
+    """
     if quantize == "int8":
         if device_type != "cpu":
             raise ValueError("--quantize int8 runs on the CPU only; use --device cpu or --dtype")
@@ -135,16 +145,211 @@ def resolve(dtype: str, quantize: str, device_type: str, hidden: int, vocab: int
         return dtype, "asked for"
     if device_type != "cpu":
         return "float16", "auto: half precision on the GPU"
-    key = f"{cpu_model()} | torch {_torch_version()} | {hidden}x{vocab}"
-    known = _read_cache(cache)
-    if key in known:
-        return known[key]["path"], f"auto: measured before on this CPU ({known[key]['ms']})"
-    timings = {p: t for p, t in measure_products(hidden, vocab).items() if p in AUTO_PATHS}
-    path = fastest_not_slower(timings)
-    summary = ", ".join(f"{p} {t:.1f} ms" for p, t in timings.items())
-    known[key] = {"path": path, "ms": summary}
+    import torch
+
+    heads = heads if heads and hidden % heads == 0 else 1  # a proxy's heads must divide its width
+    shape = StepShape(hidden, layers, heads, vocab, positions)
+    key = f"auto | {device_name(torch.device('cpu'))} | {shape.width}x{shape.layers}x{shape.vocab}"
+    known = _read_cache(cache) if cache is not None else {}
+    entry = known.get(key)
+    stale = _why_stale(entry) if entry is not None else "none yet"
+    if stale is None:
+        return entry["path"], f"auto: measured before on this CPU, {_when(entry['measured'])} (whole step: {entry['ms']})"
+    previous = entry.get("step_ms") if stale not in ("none yet", "it does not hold together") else None
+    path, timings, note = auto_verdict(shape, previous, cache)
+    summary = step_summary(timings)
+    # The products-era verdicts (keyed "<cpu> | torch <v> | <width>x<vocab>") decided nothing the step would agree
+    # with: they go when a whole-step verdict is written.
+    known = {k: v for k, v in known.items() if k.split(" | ")[0] in ("auto", "layout", "attention", "prefill")}
+    known[key] = {"path": path, "ms": summary, "step_ms": {p: round(t, 3) for p, t in timings.items()},
+                  "measured": time.time(), "torch": _torch_version()}
     _write_cache(cache, known)
-    return path, f"auto: measured now ({summary})"
+    again = "" if stale == "none yet" else f", again: {stale}"
+    return path, f"auto: measured now{again}{note} (whole step: {summary})"
+
+
+# A verdict is kept this long; after that (a new BIOS, another kernel, a busy neighbour gone) it is measured again.
+VERDICT_DAYS = 30
+# Figures that moved by more than this factor against the last ones stored are measured a second time.
+MOVED_FACTOR = 2.0
+# The context a measured step sees: the length of a short exchange.
+STEP_CONTEXT = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShape:
+    """What a one-token step's cost depends on: the model's width, depth, heads, vocabulary and window."""
+
+    width: int
+    layers: int
+    heads: int
+    vocab: int
+    positions: int
+
+
+def step_summary(timings: dict[str, float]) -> str:
+    return ", ".join(f"{p} {t:.1f} ms" for p, t in timings.items())
+
+
+def _why_stale(entry) -> str | None:
+    """Why a stored verdict must be measured again, in a few words; None when it stands."""
+    try:
+        age_days = (time.time() - float(entry["measured"])) / 86400
+        timings = {str(p): float(t) for p, t in entry["step_ms"].items()}
+        path, torch_version = entry["path"], entry["torch"]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "it does not hold together"
+    if torch_version != _torch_version():
+        return f"it was measured on torch {torch_version}"
+    if not 0 <= age_days <= VERDICT_DAYS:
+        return f"it was {age_days:.0f} days old"
+    usable = [p for p in AUTO_PATHS if p != "int8" or int8_unavailable() is None]
+    if (path not in usable or "float32" not in timings or not all(0 < t < float("inf") for t in timings.values())
+            or fastest_not_slower({p: t for p, t in timings.items() if p in usable}) != path):
+        return "it does not hold together"  # say, float16 chosen over a faster float32, or int8 this torch lacks
+    return None
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d", time.localtime(stamp))
+
+
+def auto_verdict(shape: StepShape, previous: dict[str, float] | None = None,
+                 cache: Path | None = None) -> tuple[str, dict[str, float], str]:
+    """(path, whole-step milliseconds per path, a note on how they were had) for `auto` on this CPU.
+
+    Measured once; measured a second time, and the best of both kept, when the figures look implausible: the two
+    halves of the rounds choose differently, a path's layers came out costing nothing (noise), or the figures moved by
+    more than MOVED_FACTOR against `previous` (the last ones stored).  Never a path slower than float32.
+    """
+    timings, halves = measure_step(shape, cache)
+    doubt = _doubt(timings, halves, previous)
+    if doubt is None:
+        return fastest_not_slower(timings), timings, ""
+    again, _ = measure_step(shape, cache)
+    timings = {p: min(t, again[p]) for p, t in timings.items()}
+    return fastest_not_slower(timings), timings, f", twice ({doubt})"
+
+
+def _doubt(timings: dict[str, float], halves: tuple[dict[str, float], ...], previous: dict[str, float] | None):
+    if any(t <= 0 for t in timings.values()):
+        return "a path's layers came out costing nothing"
+    if len({fastest_not_slower(half) for half in halves}) > 1:
+        return "the rounds disagreed"
+    for path, ms in (previous or {}).items():
+        if path in timings and not 1 / MOVED_FACTOR <= timings[path] / ms <= MOVED_FACTOR:
+            return f"{path} moved from {ms:.1f} ms"
+    return None
+
+
+def measure_step(shape: StepShape, cache: Path | None = None,
+                 rounds: int = 8) -> tuple[dict[str, float], tuple[dict[str, float], ...]]:
+    """Milliseconds for one eager token step of a model of `shape` at STEP_CONTEXT tokens of context, per path (int8
+    left out where this torch cannot run it), the best of `rounds`; and the same from each half of the rounds.
+
+    The model is a GPT-2 of the real width, heads, vocabulary and window but ONE layer, random weights (speed does not
+    depend on their values), put on each path as load_model puts it (apply, then the faster weight layout and
+    attention precision), stepped by korepl's own StaticRunner step (runner.one_token) in three parts:
+      layer: the step without the output projection (embeddings, the layer, the final norm);
+      head:  the step without the layer (embeddings, the final norm, the output projection);
+      bare:  neither (embeddings and the final norm: microseconds).
+    The real model's step is then head + layers x (layer - bare): each layer costs what the one measured does.
+    One layer's weights may fit in the CPU's last cache where a whole model's stream from memory every step, as the
+    layers before each one evict it: the cache is flushed before each timed part (a buffer twice its size written
+    over).  The paths take turns within each round (A B C A B C ...), so a neighbour's burst of work slows them alike,
+    and each part's minimum over the rounds is kept.
+    """
+    import torch
+
+    runners = _step_runners(shape, cache)
+    flush = torch.empty(_flush_bytes() // 4)
+    times = {(path, part): [] for path in runners for part in ("layer", "head", "bare")}
+    with torch.inference_mode():
+        for parts in runners.values():  # warm up: first calls pack weights and size buffers
+            for runner in parts.values():
+                _one_step(runner)
+        for _ in range(rounds):
+            for path, parts in runners.items():
+                for part, runner in parts.items():
+                    times[(path, part)].append(_timed_step(runner, flush if part != "bare" else None))
+
+    def estimate(first: int, last: int) -> dict[str, float]:
+        best = {key: min(values[first:last]) for key, values in times.items()}
+        return {path: (best[(path, "head")] + shape.layers * (best[(path, "layer")] - best[(path, "bare")])) * 1000
+                for path in runners}
+
+    half = rounds // 2
+    return estimate(0, rounds), (estimate(0, half), estimate(half, rounds))
+
+
+def _one_step(runner):
+    from korepl.runner import one_token
+
+    return one_token(runner, 5, STEP_CONTEXT, runner.layer_keys, runner.layer_values)
+
+
+def _timed_step(runner, flush) -> float:
+    if flush is not None:
+        flush.zero_()
+    started = time.perf_counter()
+    _one_step(runner)
+    return time.perf_counter() - started
+
+
+def _step_runners(shape: StepShape, cache: Path | None) -> dict:
+    """Per path, the parts measure_step times: a StaticRunner over a one-layer model of `shape` on that path, with its
+    output projection or its layer left out."""
+    import copy
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from korepl.runner import OpPrecision, StaticRunner
+
+    config = GPT2Config(vocab_size=shape.vocab, n_positions=max(shape.positions, STEP_CONTEXT + 1),
+                        n_embd=shape.width, n_layer=1, n_head=shape.heads, activation_function="gelu_new")
+    with torch.device("meta"):  # no initialisation pass: random values are written once below
+        base = GPT2LMHeadModel(config)
+    base.to_empty(device="cpu")
+    base.tie_weights()
+    base.eval().requires_grad_(False)
+    with torch.no_grad():
+        for parameter in base.parameters():
+            parameter.uniform_(-0.05, 0.05)
+    cpu = torch.device("cpu")
+    paths = [p for p in AUTO_PATHS if p != "int8" or int8_unavailable() is None]
+    runners = {}
+    for path in sorted(paths, key=lambda p: p == "float32"):  # float32 last: it is the base itself, turned in place
+        model = base if path == "float32" else copy.deepcopy(base)
+        if path != "float32":
+            apply(model, path)
+        # As load_model puts it: the faster layout and attention precision, the verdicts it will then find remembered.
+        if fast_layout(path, cpu, shape.width, cache)[0] == "out_in":
+            to_linear(model)
+        attention = fast_attention(path, cpu, shape.heads, shape.width // shape.heads, cache)[0]
+        ops = OpPrecision(attention=getattr(torch, attention))  # as LoadedModel.ops
+        step = StaticRunner(model, cpu, ops=ops)
+        for stored in (step.keys, step.values):  # a context of STEP_CONTEXT positions, of ordinary values
+            stored[:, :, :STEP_CONTEXT + 1].normal_()
+        layer, head, bare = copy.copy(step), copy.copy(step), copy.copy(step)
+        layer.lm_head = bare.lm_head = _no_projection
+        head.layers = bare.layers = []
+        runners[path] = {"layer": layer, "head": head, "bare": bare}
+    return {path: runners[path] for path in paths}
+
+
+def _no_projection(hidden):
+    return hidden
+
+
+def _flush_bytes() -> int:
+    """Twice the CPU's last-level cache (64 MiB where it cannot be read), at most 512 MiB."""
+    size = 32 << 20
+    with contextlib.suppress(OSError, ValueError):
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip().upper()
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        size = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    return min(2 * size, 512 << 20)
 
 
 def fast_layout(path: str, device, hidden: int, cache: Path | None) -> tuple[str, str]:
@@ -301,33 +506,6 @@ def fastest_not_slower(timings: dict[str, float]) -> str:
     """The path with the smallest time, but float32 unless another is strictly faster than it."""
     fastest = min(timings, key=timings.get)
     return fastest if timings[fastest] < timings["float32"] else "float32"
-
-
-def measure_products(hidden: int, vocab: int, repeats: int = 5) -> dict[str, float]:
-    """Milliseconds for one token's largest products (an MLP layer and the output projection) per path.
-
-    int8 is left out where this torch cannot run it (see int8_unavailable).
-    """
-    import torch
-    from torch import nn
-
-    shapes = [(hidden, 4 * hidden), (4 * hidden, hidden), (hidden, vocab)]
-    timings = {}
-    with torch.inference_mode():
-        for path in AUTO_PATHS:
-            if path == "int8" and int8_unavailable() is not None:
-                continue
-            layers = [apply(nn.Sequential(nn.Linear(i, o)), path) for i, o in shapes]
-            dtype = torch.float32 if path == "int8" else getattr(torch, path)
-            inputs = [torch.randn(1, i, dtype=dtype) for i, _ in shapes]
-            best = float("inf")
-            for _ in range(repeats + 1):  # the first round warms up
-                started = time.perf_counter()
-                for layer, x in zip(layers, inputs):
-                    layer(x)
-                best = min(best, time.perf_counter() - started)
-            timings[path] = best * 1000
-    return timings
 
 
 def _torch_version() -> str:

@@ -18,6 +18,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -45,6 +46,7 @@ TYPED_AHEAD_NOTE = "[running the line typed while korepl was busy]"
 # Internal errors in a row after which korepl leaves (the loop itself is broken, not one command).
 MAX_CRASHES_IN_A_ROW = 3
 COMPILE_AFTER_IDLE = 10.0  # seconds at the prompt, with no continuation yet, before the step compiles
+COMPILE_THREAD = "korepl-compile"  # korepl.compiled names its thread so (imported only with the model)
 
 
 class Hangup(BaseException):
@@ -660,7 +662,14 @@ def open_history() -> History:
 
 
 def run_repl(config: Config, notices: list[str], resume=None) -> int:
-    return Repl(config, notices, resume).run()
+    status = Repl(config, notices, resume).run()
+    if any(thread.name == COMPILE_THREAD and thread.is_alive() for thread in threading.enumerate()):
+        # A compile cannot be stopped halfway, and Python's shutdown under it aborts the process ("terminate
+        # called without an active exception").  The session is saved by now: leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def last_session_hint(folder: Path, columns: int | None = None) -> str | None:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import weakref
 from pathlib import Path
 
 import hypothesis
@@ -33,7 +34,8 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed with korepl
 from benchmarks.fixtures import build_kogpt2_shaped, hf_reference  # noqa: E402
 from korepl import context as context_module  # noqa: E402
 from korepl.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
-from korepl.runner import HubRunner  # noqa: E402
+from korepl.compiled import CompiledStep  # noqa: E402
+from korepl.runner import HubRunner, OpPrecision, StaticRunner  # noqa: E402
 from korepl.session import Session  # noqa: E402
 from korepl.settings import load_defaults  # noqa: E402
 
@@ -77,12 +79,39 @@ def hf_greedy():
     return hf_reference
 
 
-@pytest.fixture(params=["static", "hub"])
-def runner(request, monkeypatch):
-    """A cache check run on both runners: GPT-2's preallocated cache and transformers' DynamicCache."""
+@pytest.fixture(params=["static", "hub", "compiled"])
+def runner(request, monkeypatch, inductor_dir):
+    """A cache check run on every runner: GPT-2's preallocated cache with the eager step and with the compiled
+    one (korepl/compiled.py, compiled once per model), and transformers' DynamicCache."""
     if request.param == "hub":
         monkeypatch.setattr(context_module, "make_runner", lambda model, device, *_: HubRunner(model, device))
+    elif request.param == "compiled":
+        def with_compiled_step(model, device, compiled=None, ops=OpPrecision()):
+            if not StaticRunner.supports(model):
+                return HubRunner(model, device)
+            return StaticRunner(model, device, compiled_step(model, device, ops, inductor_dir), ops)
+
+        monkeypatch.setattr(context_module, "make_runner", with_compiled_step)
     return request.param
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_step(model, device, ops, inductor_dir) -> CompiledStep:
+    """The model's compiled step (mode "on": used even where not faster), compiled on first use and kept."""
+    if model not in _COMPILED:
+        step = CompiledStep(model, device, "on", inductor_dir, ops)
+        step.compile_now()
+        assert step.ready, step.describe()
+        _COMPILED[model] = step
+    return _COMPILED[model]
+
+
+@pytest.fixture(scope="session")
+def inductor_dir(tmp_path_factory):
+    """Where the tests' compiled steps keep inductor's artefacts (never the user's cache)."""
+    return tmp_path_factory.mktemp("inductor")
 
 
 LLAMA_BUILD_SCRIPT = REPO / "scripts" / "llama_server.py"

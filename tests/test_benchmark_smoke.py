@@ -20,7 +20,7 @@ BENCH = REPO / "benchmarks" / "bench.py"
 
 # Every section, in the order it runs; each must either leave results or say why it was skipped.
 SECTIONS = ("decoding", "floor", "step", "bandwidth", "paths", "ctranslate2", "ttft", "slide_and_load", "profile",
-            "memory", "startup", "remote")
+            "compiled", "memory", "startup", "remote")
 MAY_SKIP = {"ctranslate2": "not installed",  # an optional extra; its reason must say so
             "remote": "no llama-server"}  # scripts/llama_server.py cannot build it here
 NO_ROWS = {"profile"}  # prints a table of its own
@@ -64,6 +64,16 @@ def check_results(data: dict) -> None:
     assert results["window_slide"]["kept_tokens"] == 768 and positive(results["window_slide"]["slide_step_s"])
     assert results["session_load"]["context_tokens"] == 900
     assert results["profile"]["top_ops_by_self_cpu"]
+    compiled = results["compiled"]
+    assert set(compiled["by_path"]) == {"float32", "int8"}  # the quick plan's paths
+    fp32, int8 = compiled["by_path"]["float32"], compiled["by_path"]["int8"]
+    assert fp32["state"] == "compiled" and positive(fp32["compiled_step_s"]) and positive(fp32["compiled_over_eager"])
+    assert positive(fp32["compiled_over_products"]) and positive(fp32["compile_in_process_s"])
+    assert int8["compiled_step_s"] is None and int8["compiled_over_products"] is None and "int8" in int8["note"]
+    assert all(positive(run["eager_step_s"]) and positive(run["products_s"]) and positive(run["eager_over_products"])
+               for run in compiled["by_path"].values())
+    compile_time = compiled["compile_time"]
+    assert compile_time["path"] == "float32" and positive(compile_time["cold_s"]) and positive(compile_time["warm_s"])
     memory = results["memory"]
     assert memory["peak_rss"] >= memory["after_load_rss"] >= memory["imports_rss"] > 0 and memory["weights_bytes"] > 0
     assert all(positive(results["startup"][f"{k}_s"]) for k in ("python_bare", "import_cli", "import_cli_and_repl",

@@ -1,0 +1,230 @@
+"""The compiled one-token step (korepl/compiled.py), kept lean: the demo model and the two-layer kogpt2_shaped only,
+each compiled once per test session (conftest.compiled_step, into a session-wide temporary inductor folder), and the
+later compiles (background, a fresh process, the REPL) load from that folder instead of compiling again.
+
+The cache checks of tests/test_cache.py and tests/test_memory.py run on the compiled step too (the `runner`
+fixture's "compiled"): slides, crops, undo, memory changes and a Ctrl+C after a compiled step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from benchmarks.fixtures import drain
+from conftest import REPO, compiled_step, full_forward_logits
+from korepl.compiled import CompiledStep, unsupported
+from korepl.loading import DEMO_MODEL_DIR, load_model
+from korepl.runner import OpPrecision, StaticRunner
+from test_repl_pty import HANGUL, Terminal
+
+PROMPT = "대한민국의 모든 국민은"
+LONG = " ".join(["국회는 법률에 저촉되지 아니하는 범위안에서 의사와 내부규율에 관한 규칙을 제정할 수 있다."] * 60)
+
+
+def graphs() -> int:
+    """Graphs dynamo has made in this process: a recompile would add one."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def counting(step: CompiledStep) -> dict:
+    """Count the calls that reach the compiled graph (not the eager steps run.run takes itself)."""
+    calls, real = {"n": 0}, step._step
+
+    def counted(*args):
+        calls["n"] += 1
+        return real(*args)
+
+    step._step = counted
+    calls["undo"] = lambda: setattr(step, "_step", real)
+    return calls
+
+
+@pytest.mark.parametrize("model, tokens", [("demo", 40), ("kogpt2_shaped", 16)])
+def test_float32_greedy_ids_on_the_compiled_step_equal_generate(request, model, tokens, new_session, hf_greedy,
+                                                                   inductor_dir):
+    loaded = request.getfixturevalue(model)
+    step = compiled_step(loaded.model, loaded.device, loaded.ops, inductor_dir)
+    assert loaded.model.dtype == torch.float32 and step.ready and step.mode == "on"
+    expected = hf_greedy(loaded, PROMPT, tokens, repetition_penalty=2.0)
+    session = new_session(loaded, greedy=True, repetition_penalty=2.0, max_new_tokens=tokens, stop=())
+    session.context.runner.compiled = step
+    calls = counting(step)
+    try:
+        session.feed(PROMPT)
+        drain(session)
+    finally:
+        calls["undo"]()
+    assert session.ids[len(loaded.tokenizer.encode(PROMPT)):] == expected and len(expected) == tokens
+    # Every generated token went through the graph (each is run as it is made, the prompt by the prefill),
+    # and it never fell back.
+    assert calls["n"] == tokens and step.state == "compiled"
+
+
+def test_compiled_logits_equal_a_full_forward_at_every_length_and_after_a_slide(demo, new_session, inductor_dir):
+    step = compiled_step(demo.model, demo.device, demo.ops, inductor_dir)
+    before = graphs()
+    ids = demo.tokenizer.encode(LONG)
+    assert len(ids) > demo.window
+    runner = StaticRunner(demo.model, demo.device, step, demo.ops)
+    calls = counting(step)
+    try:
+        # Short, middling and next-to-last lengths: the graph's lengths are symbolic, not one per length.
+        for start, end in ((0, 3), (3, 9), (9, 500), (500, 505), (505, demo.window - 4), (demo.window - 4, demo.window - 1)):
+            if end - start > 8:
+                runner.run(ids[start:end])  # a prefill (eager), then one token through the graph
+                logits = runner.run([ids[end]])
+                length = end + 1
+            else:
+                for token in ids[start:end]:
+                    logits = runner.run([token])
+                length = end
+            torch.testing.assert_close(logits, full_forward_logits(demo, ids[:length]), rtol=1e-4, atol=1e-4)
+        assert calls["n"] >= 10
+        # A session past the window: the view slides mid-generation, the cache is rebuilt, the graph serves on.
+        session = new_session(demo, max_new_tokens=30, seed=11, stop=(), window_keep=0.75)
+        session.context.runner.compiled = step
+        session.feed(LONG)
+        session.context.truncate(demo.window - 10)
+        session.context.reset_view(0)
+        slides, ran = session.slides, calls["n"]
+        drain(session)
+        assert session.slides == slides + 1 and calls["n"] - ran >= 20
+        torch.testing.assert_close(session.next_logits(),
+                                   full_forward_logits(demo, session.ids[session.view_start:]), rtol=1e-4, atol=1e-4)
+    finally:
+        calls["undo"]()
+    assert graphs() == before and step.state == "compiled"
+
+
+def test_what_is_not_compiled_ends_eager_and_says_why(demo, inductor_dir):
+    before = graphs()
+    small = CompiledStep(demo.model, demo.device, "auto", inductor_dir, demo.ops)
+    small.compile_now()
+    assert (small.state, small.ready) == ("eager", False)
+    assert small.note == "not worth it for 2.8M parameters (compile = on forces it)"
+    int8 = load_model(str(DEMO_MODEL_DIR), "cpu", "float32", "int8")
+    packed = CompiledStep(int8.model, int8.device, "on", inductor_dir, int8.ops)
+    packed.compile_now()
+    assert (packed.state, packed.ready) == ("eager", False) and "int8" in packed.note
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    other = CompiledStep(llama, torch.device("cpu"), "on", inductor_dir)
+    other.compile_now()
+    assert (other.state, other.ready) == ("eager", False) and "GPT-2" in other.note
+    assert other.note == unsupported(llama, torch.device("cpu"))
+    assert unsupported(demo.model, demo.device) == ""
+    assert graphs() == before  # none of them compiled anything
+
+
+def test_compiling_in_the_background_while_the_writer_generates(demo, new_session, inductor_dir):
+    compiled_step(demo.model, demo.device, demo.ops, inductor_dir)  # the graph on disk: here it mostly loads
+    step = CompiledStep(demo.model, demo.device, "on", inductor_dir, demo.ops)
+    with_step = new_session(demo, greedy=True, repetition_penalty=2.0, max_new_tokens=4, stop=())
+    with_step.context.runner.compiled = step
+    plain = new_session(demo, greedy=True, repetition_penalty=2.0, max_new_tokens=4, stop=())
+    assert step.state == "waiting"
+    step.start()
+    seen, deadline = [], time.monotonic() + 240
+    with_step.feed(PROMPT)
+    plain.feed(PROMPT)
+    while step.state in ("waiting", "compiling") and time.monotonic() < deadline:
+        for _ in with_step.generate():  # the writer goes on meanwhile, on the eager step
+            seen.append(step.state)
+        drain(plain)
+    assert step.state == "compiled", step.describe()
+    assert "compiling" in seen  # tokens were made while it compiled
+    assert re.fullmatch(r"step [\d.]+ ms compiled, [\d.]+ ms eager; compiled in \d+ s", step.note)
+    calls = counting(step)
+    try:
+        drain(with_step)
+        drain(plain)
+    finally:
+        calls["undo"]()
+    assert calls["n"] == 4  # now through the graph
+    assert with_step.ids == plain.ids
+
+
+def test_a_guard_that_fails_falls_back_to_eager_without_compiling(demo, inductor_dir):
+    """float64 caches (a runner whose attention runs in float64) do not fit the float32 graph: the step runs eager,
+    correct, and the compiled step says it stopped fitting; the writer's thread compiles nothing."""
+    shared = compiled_step(demo.model, demo.device, demo.ops, inductor_dir)
+    step = CompiledStep(demo.model, demo.device, "on", inductor_dir, demo.ops)
+    step._step, step.state = shared._step, "compiled"  # the same graph, in a step of its own to spoil
+    ids = demo.tokenizer.encode(PROMPT)
+    usual = StaticRunner(demo.model, demo.device, step, demo.ops)
+    wider = StaticRunner(demo.model, demo.device, step, OpPrecision(attention=torch.float64))
+    eager = StaticRunner(demo.model, demo.device, None, OpPrecision(attention=torch.float64))
+    assert wider.keys.dtype == torch.float64 and wider.upcast
+    before = graphs()
+    for runner in (usual, wider, eager):
+        runner.run(ids)
+    torch.testing.assert_close(usual.run([500]), full_forward_logits(demo, ids + [500]), rtol=1e-4, atol=1e-4)
+    assert step.state == "compiled" and step.ready  # the usual caches fit
+    began = time.perf_counter()
+    got = wider.run([500])
+    seconds = time.perf_counter() - began
+    assert step.state == "eager" and not step.ready and step.note.startswith("the compiled step stopped fitting (")
+    torch.testing.assert_close(got, eager.run([500]), rtol=0, atol=0)  # exactly the eager step's
+    torch.testing.assert_close(got, full_forward_logits(demo, ids + [500]), rtol=1e-4, atol=1e-4)
+    assert graphs() == before, f"compiled on the caller's thread ({seconds:.1f} s)"
+    torch.testing.assert_close(usual.run([7]), full_forward_logits(demo, ids + [500, 7]), rtol=1e-4, atol=1e-4)
+    assert shared.state == "compiled" and shared.ready  # the other runners' step is untouched
+
+
+COMPILE_IN_A_FRESH_PROCESS = """
+import json, sys, torch
+torch.set_num_threads(2)  # as conftest
+from korepl.compiled import CompiledStep
+from korepl.loading import load_model
+loaded = load_model(sys.argv[1], "cpu")
+step = CompiledStep(loaded.model, loaded.device, "on", sys.argv[2], loaded.ops)
+step.compile_now()
+counters = torch._dynamo.utils.counters["inductor"]
+print(json.dumps({"state": step.state, "hits": counters["fxgraph_cache_hit"], "misses": counters["fxgraph_cache_miss"]}))
+"""
+
+
+def test_a_fresh_process_loads_the_compiled_step_from_the_disk_cache(demo, inductor_dir):
+    compiled_step(demo.model, demo.device, demo.ops, inductor_dir)  # compiled here, once, into inductor_dir
+    stored = sorted(path.relative_to(inductor_dir) for path in inductor_dir.rglob("*") if path.is_file())
+    assert any(path.parts[0] == "fxgraph" for path in stored), stored[:20]
+    done = subprocess.run([sys.executable, "-c", COMPILE_IN_A_FRESH_PROCESS, str(DEMO_MODEL_DIR), str(inductor_dir)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    assert run == {"state": "compiled", "hits": run["hits"], "misses": 0} and run["hits"] >= 1, run
+
+
+def test_the_repl_toolbar_says_compiling_then_compiled(tmp_path, demo, inductor_dir):
+    compiled_step(demo.model, demo.device, demo.ops, inductor_dir)  # the REPL's compile then mostly loads
+    term = Terminal(tmp_path, "--compile", "on", "--greedy", "--max-new-tokens", "8",
+                    extra_env={"XDG_CACHE_HOME": str(tmp_path / "cache"),
+                               "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)})
+    try:
+        assert "compil" not in term.log  # nothing compiles before the first continuation
+        out = term.run(PROMPT)
+        assert re.search(HANGUL, out.split("국민은", 1)[1])
+        term.until("compiling…", timeout=60)  # at the next prompt it starts, and the toolbar says so
+        out = term.run("국가는")  # the writer goes on meanwhile
+        assert re.search(HANGUL, out.split("국가는", 1)[1])
+        for _ in range(480):  # each new prompt draws the whole toolbar afresh
+            if re.search(r"│ compiled(?!…)", term.run("/context")):
+                break
+            time.sleep(0.25)
+        else:
+            raise AssertionError("the toolbar never said compiled:\n" + term.log[-3000:])
+        row = re.search(r"compile +(.*)", term.run("/settings")).group(1)
+        assert re.match(r"on: compiled \(step [\d.]+ ms compiled, [\d.]+ ms eager; compiled in \d+ s\)", row), row
+        out = term.run("국회는")  # a continuation on the compiled step
+        assert re.search(HANGUL + "{2}", out.split("국회는", 1)[1]) and "Traceback" not in term.log
+        assert not (tmp_path / "cache" / "korepl" / "inductor").exists()  # the chosen folder, not korepl's
+    finally:
+        assert term.close() == 0
