@@ -47,6 +47,7 @@ class CompiledStep:
         self._model, self._device, self._cache_dir = model, device, cache_dir
         self._ops = ops  # as the runners' (korepl.loading.LoadedModel.ops)
         self._step: Callable | None = None  # set only when it is in use
+        self.compile_seconds: float | None = None  # the compile (or the load from the disk cache) alone
         self.started = False
 
     @property
@@ -111,7 +112,7 @@ class CompiledStep:
             # Calls from the writer's thread must never compile: a guard that fails there raises (and the
             # runner falls back to eager) instead of stalling the writer for seconds.
             compiled = torch.compiler.set_stance("fail_on_recompile")(compiling)
-            seconds = time.perf_counter() - started
+            seconds = self.compile_seconds = time.perf_counter() - started
             eager_ms, compiled_ms = _race(scratch, step, compiled)
         except Exception as exc:  # any failure of the compiler stack leaves the eager step serving
             self.state, self.note = "eager", f"compiling failed ({_first_line(exc)})"

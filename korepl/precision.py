@@ -154,10 +154,12 @@ def resolve(dtype: str, quantize: str, device_type: str, hidden: int, vocab: int
     entry = known.get(key)
     stale = _why_stale(entry) if entry is not None else "none yet"
     if stale is None:
-        return entry["path"], f"auto: measured before on this CPU, {_when(entry['measured'])} (whole step: {entry['ms']})"
+        when = _when(entry["measured"])
+        return entry["path"], f"auto: measured before on this CPU, {when} (whole step: {entry['ms']})"
     previous = entry.get("step_ms") if stale not in ("none yet", "it does not hold together") else None
     path, timings, note = auto_verdict(shape, previous, cache)
     summary = step_summary(timings)
+    known = _read_cache(cache) if cache is not None else {}  # measuring remembered layout and attention verdicts
     # The products-era verdicts (keyed "<cpu> | torch <v> | <width>x<vocab>") decided nothing the step would agree
     # with: they go when a whole-step verdict is written.
     known = {k: v for k, v in known.items() if k.split(" | ")[0] in ("auto", "layout", "attention", "prefill")}
@@ -227,8 +229,10 @@ def auto_verdict(shape: StepShape, previous: dict[str, float] | None = None,
     if doubt is None:
         return fastest_not_slower(timings), timings, ""
     again, _ = measure_step(shape, cache)
-    timings = {p: min(t, again[p]) for p, t in timings.items()}
-    return fastest_not_slower(timings), timings, f", twice ({doubt})"
+    # The best of both; a figure of nothing or less is noise, not a time (a path with no other is never chosen).
+    timings = {p: min((t for t in (t, again[p]) if t > 0), default=float("inf")) for p, t in timings.items()}
+    path = fastest_not_slower(timings) if timings["float32"] < float("inf") else "float32"
+    return path, timings, f", twice ({doubt})"
 
 
 def _doubt(timings: dict[str, float], halves: tuple[dict[str, float], ...], previous: dict[str, float] | None):
@@ -237,7 +241,7 @@ def _doubt(timings: dict[str, float], halves: tuple[dict[str, float], ...], prev
     if len({fastest_not_slower(half) for half in halves}) > 1:
         return "the rounds disagreed"
     for path, ms in (previous or {}).items():
-        if path in timings and not 1 / MOVED_FACTOR <= timings[path] / ms <= MOVED_FACTOR:
+        if path in timings and ms > 0 and not 1 / MOVED_FACTOR <= timings[path] / ms <= MOVED_FACTOR:
             return f"{path} moved from {ms:.1f} ms"
     return None
 
@@ -255,14 +259,14 @@ def measure_step(shape: StepShape, cache: Path | None = None,
       bare:  neither (embeddings and the final norm: microseconds).
     The real model's step is then head + layers x (layer - bare): each layer costs what the one measured does.
     One layer's weights may fit in the CPU's last cache where a whole model's stream from memory every step, as the
-    layers before each one evict it: the cache is flushed before each timed part (a buffer twice its size written
-    over).  The paths take turns within each round (A B C A B C ...), so a neighbour's burst of work slows them alike,
-    and each part's minimum over the rounds is kept.
+    layers before each one evict it: the cache is flushed before each timed part (a buffer twice its size read
+    through).  The paths take turns within each round (A B C A B C ...), so a neighbour's burst of work slows them
+    alike, and each part's minimum over the rounds is kept.
     """
     import torch
 
     runners = _step_runners(shape, cache)
-    flush = torch.empty(_flush_bytes() // 4)
+    flush = torch.zeros(_flush_bytes() // 4)
     times = {(path, part): [] for path in runners for part in ("layer", "head", "bare")}
     with torch.inference_mode():
         for parts in runners.values():  # warm up: first calls pack weights and size buffers
@@ -290,7 +294,7 @@ def _one_step(runner):
 
 def _timed_step(runner, flush) -> float:
     if flush is not None:
-        flush.zero_()
+        flush.sum()  # read, not written: dirty lines would cost the step their write-back
     started = time.perf_counter()
     _one_step(runner)
     return time.perf_counter() - started
@@ -307,7 +311,8 @@ def _step_runners(shape: StepShape, cache: Path | None) -> dict:
     from korepl.runner import OpPrecision, StaticRunner
 
     config = GPT2Config(vocab_size=shape.vocab, n_positions=max(shape.positions, STEP_CONTEXT + 1),
-                        n_embd=shape.width, n_layer=1, n_head=shape.heads, activation_function="gelu_new")
+                        n_embd=shape.width, n_layer=1, n_head=shape.heads, activation_function="gelu_new",
+                        bos_token_id=0, eos_token_id=0)  # GPT-2's own ids (50256) would be past a smaller vocabulary
     with torch.device("meta"):  # no initialisation pass: random values are written once below
         base = GPT2LMHeadModel(config)
     base.to_empty(device="cpu")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import pexpect
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -23,7 +24,7 @@ from conftest import REPO, compiled_step, full_forward_logits
 from korepl.compiled import CompiledStep, unsupported
 from korepl.loading import DEMO_MODEL_DIR, load_model
 from korepl.runner import OpPrecision, StaticRunner
-from test_repl_pty import HANGUL, Terminal
+from test_repl_pty import ANSI, HANGUL, Terminal
 
 PROMPT = "대한민국의 모든 국민은"
 LONG = " ".join(["국회는 법률에 저촉되지 아니하는 범위안에서 의사와 내부규율에 관한 규칙을 제정할 수 있다."] * 60)
@@ -77,17 +78,14 @@ def test_compiled_logits_equal_a_full_forward_at_every_length_and_after_a_slide(
     calls = counting(step)
     try:
         # Short, middling and next-to-last lengths: the graph's lengths are symbolic, not one per length.
-        for start, end in ((0, 3), (3, 9), (9, 500), (500, 505), (505, demo.window - 4), (demo.window - 4, demo.window - 1)):
-            if end - start > 8:
-                runner.run(ids[start:end])  # a prefill (eager), then one token through the graph
-                logits = runner.run([ids[end]])
-                length = end + 1
-            else:
-                for token in ids[start:end]:
-                    logits = runner.run([token])
-                length = end
-            torch.testing.assert_close(logits, full_forward_logits(demo, ids[:length]), rtol=1e-4, atol=1e-4)
-        assert calls["n"] >= 10
+        for prefill_to, steps in ((0, 6), (500, 3), (demo.window - 4, 4)):
+            if prefill_to > runner.cached_len:
+                runner.run(ids[runner.cached_len:prefill_to])  # a prefill (eager)
+            for _ in range(steps):
+                logits = runner.run([ids[runner.cached_len]])
+                torch.testing.assert_close(logits, full_forward_logits(demo, ids[:runner.cached_len]),
+                                           rtol=1e-4, atol=1e-4)
+        assert calls["n"] == 4 + 3 + 3  # positions 0, 1 and the window's last run eager (CompiledStep.run)
         # A session past the window: the view slides mid-generation, the cache is rebuilt, the graph serves on.
         session = new_session(demo, max_new_tokens=30, seed=11, stop=(), window_keep=0.75)
         session.context.runner.compiled = step
@@ -150,6 +148,7 @@ def test_compiling_in_the_background_while_the_writer_generates(demo, new_sessio
         calls["undo"]()
     assert calls["n"] == 4  # now through the graph
     assert with_step.ids == plain.ids
+    torch.testing.assert_close(with_step.next_logits(), plain.next_logits(), rtol=1e-4, atol=1e-4)
 
 
 def test_a_guard_that_fails_falls_back_to_eager_without_compiling(demo, inductor_dir):
@@ -179,6 +178,26 @@ def test_a_guard_that_fails_falls_back_to_eager_without_compiling(demo, inductor
     assert shared.state == "compiled" and shared.ready  # the other runners' step is untouched
 
 
+def test_caches_laid_out_otherwise_fall_back_too_without_compiling(demo, inductor_dir):
+    """The same shape and dtype, positions outermost in memory: a graph for these strides would compile (where the
+    float64 one above fails to), so this is where compiling on the writer's thread would show as a new graph."""
+    shared = compiled_step(demo.model, demo.device, demo.ops, inductor_dir)
+    step = CompiledStep(demo.model, demo.device, "on", inductor_dir, demo.ops)
+    step._step, step.state = shared._step, "compiled"
+    ids = demo.tokenizer.encode(PROMPT)
+    odd = StaticRunner(demo.model, demo.device, step, demo.ops)
+    layers, heads, window, width = odd.keys.shape
+    for name in ("keys", "values"):
+        setattr(odd, name, torch.zeros(window, layers, heads, width).permute(1, 2, 0, 3))
+    odd.layer_keys, odd.layer_values = odd.keys.unbind(0), odd.values.unbind(0)
+    odd.run(ids)
+    before, frames = graphs(), dict(torch._dynamo.utils.counters["frames"])
+    got = odd.run([500])
+    assert step.state == "eager" and not step.ready and "stopped fitting" in step.note
+    torch.testing.assert_close(got, full_forward_logits(demo, ids + [500]), rtol=1e-4, atol=1e-4)
+    assert graphs() == before and dict(torch._dynamo.utils.counters["frames"]) == frames
+
+
 COMPILE_IN_A_FRESH_PROCESS = """
 import json, sys, torch
 torch.set_num_threads(2)  # as conftest
@@ -203,15 +222,29 @@ def test_a_fresh_process_loads_the_compiled_step_from_the_disk_cache(demo, induc
     assert run == {"state": "compiled", "hits": run["hits"], "misses": 0} and run["hits"] >= 1, run
 
 
+class ToolbarTerminal(Terminal):
+    """A Terminal that shows the bottom toolbar: prompt_toolkit draws it only where it knows the screen's height,
+    so this one answers its cursor position requests (the others turn them off with PROMPT_TOOLKIT_NO_CPR)."""
+
+    def until(self, pattern: str, timeout: int = 60) -> str:
+        before, deadline = "", time.monotonic() + timeout
+        while self.child.expect([pattern, r"\x1b\[6n"], timeout=max(1, deadline - time.monotonic())) == 1:
+            before += self.child.before
+            self.child.send("\x1b[1;1R")  # the cursor at the top left
+        text = ANSI.sub("", before + self.child.before)
+        self.log += text
+        return text
+
+
 def test_the_repl_toolbar_says_compiling_then_compiled(tmp_path, demo, inductor_dir):
     compiled_step(demo.model, demo.device, demo.ops, inductor_dir)  # the REPL's compile then mostly loads
-    term = Terminal(tmp_path, "--compile", "on", "--greedy", "--max-new-tokens", "8",
-                    extra_env={"XDG_CACHE_HOME": str(tmp_path / "cache"),
+    term = ToolbarTerminal(tmp_path, "--compile", "on", "--greedy", "--max-new-tokens", "8",
+                    extra_env={"PROMPT_TOOLKIT_NO_CPR": "0", "XDG_CACHE_HOME": str(tmp_path / "cache"),
                                "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)})
     try:
-        assert "compil" not in term.log  # nothing compiles before the first continuation
         out = term.run(PROMPT)
         assert re.search(HANGUL, out.split("국민은", 1)[1])
+        assert "tok/s" in out and "compil" not in term.log, term.log[-2000:]  # nothing compiles before it
         term.until("compiling…", timeout=60)  # at the next prompt it starts, and the toolbar says so
         out = term.run("국가는")  # the writer goes on meanwhile
         assert re.search(HANGUL, out.split("국가는", 1)[1])
@@ -228,3 +261,16 @@ def test_the_repl_toolbar_says_compiling_then_compiled(tmp_path, demo, inductor_
         assert not (tmp_path / "cache" / "korepl" / "inductor").exists()  # the chosen folder, not korepl's
     finally:
         assert term.close() == 0
+
+
+def test_leaving_while_it_compiles_saves_and_exits_cleanly(tmp_path):
+    """A cold compile (its own empty cache), left halfway."""
+    term = Terminal(tmp_path, "--compile", "on", "--max-new-tokens", "5",
+                    extra_env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    term.run(PROMPT)
+    assert re.search(r"compile +on: (waiting|compiling)", term.run("/settings"))
+    term.child.sendcontrol("d")
+    term.child.expect("saved to", timeout=30)
+    term.child.expect(pexpect.EOF, timeout=30)
+    term.child.close()
+    assert term.child.exitstatus == 0 and "terminate called" not in term.child.before  # not aborted by the compiler

@@ -1,4 +1,4 @@
-"""Precision paths: int8 and half precision keep the model's choices; auto measures once and remembers."""
+"""Precision paths: int8 and half precision keep the model's choices; auto measures the whole step and remembers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -139,25 +140,143 @@ def test_int8_covers_every_linear_layer_and_the_output_projection(demo):
     assert len(quantized) == 4 * len(demo.model.transformer.h) + 1  # qkv, proj, fc, proj per layer; lm_head
 
 
-def test_auto_measures_once_then_remembers(tmp_path):
+SHAPE = dict(layers=2, heads=4, positions=128)  # with hidden 64 and vocab 512: a tiny GPT-2, quick to measure
+
+
+def test_auto_measures_the_whole_step_once_then_remembers(tmp_path):
     cache = tmp_path / "precision.json"
-    path, why = precision.resolve("auto", "none", "cpu", 64, 512, cache)
-    assert path in precision.AUTO_PATHS and why.startswith("auto: measured now")
+    path, why = precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)
+    assert path in precision.AUTO_PATHS and why.startswith("auto: measured now") and "(whole step: float32 " in why
+    key = f"auto | {precision.device_name(torch.device('cpu'))} | 64x2x512"  # the CPU model and the model's shape
+    entry = json.loads(cache.read_text())[key]
+    assert entry["path"] == path and entry["torch"] == torch.__version__ and entry["measured"] > time.time() - 600
+    assert set(entry["step_ms"]) == {"float32", "float16", "int8"} and entry["ms"] in why
+    again, why_again = precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)
+    assert again == path and why_again.startswith("auto: measured before on this CPU")
+    # Another depth is another model: its own verdict.
+    deeper = precision.resolve("auto", "none", "cpu", 64, 512, cache, layers=3, heads=4)
+    assert deeper[1].startswith("auto: measured now")
+
+
+def test_the_step_is_scaled_to_the_models_layers(monkeypatch):
+    """One layer is measured; the model's step counts it once per layer, and the output projection once."""
+    def timed(runner, flush):  # given times per part: the layer 3 ms, the head 10 ms, neither 0.5 ms
+        layer, projection = bool(runner.layers), runner.lm_head is not precision._no_projection
+        return {(True, False): 0.003, (False, True): 0.010, (False, False): 0.0005}[(layer, projection)]
+
+    monkeypatch.setattr(precision, "_timed_step", timed)
+    timings, halves = precision.measure_step(precision.StepShape(64, 12, 4, 512, 128))
+    assert timings == pytest.approx({"float32": 40.0, "float16": 40.0, "int8": 40.0})  # 10 + 12 x (3 - 0.5)
+    assert halves == (timings, timings)
+
+
+def fake_measure(monkeypatch, *figures):
+    """measure_step returning each of `figures` in turn ((timings, its two halves)); the list of shapes asked for."""
+    asked = []
+
+    def measure_step(shape, cache=None):
+        asked.append(shape)
+        timings, halves = figures[min(len(asked), len(figures)) - 1]
+        return dict(timings), tuple(dict(half) for half in halves)
+
+    monkeypatch.setattr(precision, "measure_step", measure_step)
+    return asked
+
+
+def steady(timings):
+    return timings, (timings, timings)
+
+
+FAST_HALF = {"float32": 24.0, "float16": 8.0, "int8": 9.0}
+
+
+def test_an_old_verdict_is_measured_again(monkeypatch, tmp_path):
+    cache = tmp_path / "precision.json"
+    asked = fake_measure(monkeypatch, steady(FAST_HALF))
+    assert precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)[0] == "float16" and len(asked) == 1
     stored = json.loads(cache.read_text())
-    assert list(stored.values())[0]["path"] == path and precision.cpu_model() in list(stored)[0]
-    again, why_again = precision.resolve("auto", "none", "cpu", 64, 512, cache)
-    assert again == path and why_again.startswith("auto: measured before")
+    (key,) = stored
+    stored[key]["measured"] -= 29 * 86400
+    cache.write_text(json.dumps(stored))
+    assert precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)[1].startswith("auto: measured before")
+    stored[key]["measured"] -= 2 * 86400  # 31 days old
+    cache.write_text(json.dumps(stored))
+    path, why = precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)
+    assert (path, len(asked)) == ("float16", 2) and why.startswith("auto: measured now, again: it was 31 days old")
+    assert json.loads(cache.read_text())[key]["measured"] > time.time() - 600
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"path": "float16", "step_ms": {"float32": 40.0, "float16": 56.0, "int8": 44.0}}, "does not hold together"),
+    ({"path": "bfloat16"}, "does not hold together"),  # never chosen by auto
+    ({"measured": None}, "does not hold together"),
+    ({"torch": "1.0.0"}, "was measured on torch 1.0.0"),
+])
+def test_an_implausible_or_foreign_verdict_is_measured_again(monkeypatch, tmp_path, change, reason):
+    """A stored verdict that its own figures contradict (float16 chosen over a faster float32), or that this torch did
+    not measure, is measured again rather than trusted."""
+    cache = tmp_path / "precision.json"
+    asked = fake_measure(monkeypatch, steady(FAST_HALF))
+    precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)
+    stored = json.loads(cache.read_text())
+    (key,) = stored
+    stored[key].update(change)
+    cache.write_text(json.dumps(stored))
+    path, why = precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)
+    assert (path, len(asked)) == ("float16", 2) and f"again: it {reason}" in why
+
+
+def test_products_era_verdicts_are_dropped(monkeypatch, tmp_path):
+    cache = tmp_path / "precision.json"
+    old = f"{precision.cpu_model()} | torch {torch.__version__} | 64x512"
+    cache.write_text(json.dumps({old: {"path": "int8", "ms": "float32 48.2 ms, float16 56.0 ms, int8 44.0 ms"}}))
+    fake_measure(monkeypatch, steady(FAST_HALF))
+    assert precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)[0] == "float16"
+    assert old not in json.loads(cache.read_text())
+
+
+@pytest.mark.parametrize("first, second, expected, why", [
+    # The two halves of the rounds choose differently: measured again, the best of both kept.
+    (({"float32": 20.0, "float16": 15.0, "int8": 30.0},
+      ({"float32": 20.0, "float16": 15.0, "int8": 30.0}, {"float32": 21.0, "float16": 25.0, "int8": 30.0})),
+     steady({"float32": 20.0, "float16": 25.0, "int8": 12.0}), "int8", "twice (the rounds disagreed)"),
+    # A path's layers cost nothing, or less: noise, not a figure.
+    (steady({"float32": 20.0, "float16": -3.0, "int8": 30.0}), steady({"float32": 20.0, "float16": 9.0, "int8": 30.0}),
+     "float16", "twice (a path's layers came out costing nothing) (whole step: float32 20.0 ms, float16 9.0 ms"),
+    (steady({"float32": 20.0, "float16": -3.0, "int8": 30.0}), steady({"float32": 20.0, "float16": -1.0, "int8": 30.0}),
+     "float32", "float16 inf ms"),  # never a time: never chosen
+])
+def test_figures_that_look_implausible_are_measured_a_second_time(monkeypatch, tmp_path, first, second, expected, why):
+    asked = fake_measure(monkeypatch, first, second)
+    path, note = precision.resolve("auto", "none", "cpu", 64, 512, tmp_path / "p.json", **SHAPE)
+    assert (path, len(asked)) == (expected, 2) and why in note
+
+
+def test_figures_that_moved_far_from_the_last_ones_are_measured_a_second_time(monkeypatch, tmp_path):
+    cache = tmp_path / "precision.json"
+    asked = fake_measure(monkeypatch, steady(FAST_HALF), steady({"float32": 48.2, "float16": 56.0, "int8": 44.0}),
+                         steady({"float32": 23.0, "float16": 7.5, "int8": 9.5}))
+    precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)
+    stored = json.loads(cache.read_text())
+    (key,) = stored
+    stored[key]["measured"] -= 40 * 86400
+    cache.write_text(json.dumps(stored))
+    path, why = precision.resolve("auto", "none", "cpu", 64, 512, cache, **SHAPE)
+    assert len(asked) == 3 and path == "float16" and "twice (float32 moved from 24.0 ms)" in why
+    assert json.loads(cache.read_text())[key]["step_ms"] == {"float32": 23.0, "float16": 7.5, "int8": 9.5}
 
 
 @pytest.mark.parametrize("timings, expected", [
     ({"float32": 5.0, "float16": 7.0, "int8": 6.0}, "float32"),  # never slower than float32
+    ({"float16": 5.0, "float32": 5.0, "int8": 5.0}, "float32"),  # nor merely as fast, whichever is measured first
     ({"float32": 5.0, "float16": 4.0, "int8": 2.0}, "int8"),
     ({"float32": 5.0, "float16": 1.0, "int8": 2.0}, "float16"),
 ])
-def test_auto_takes_the_fastest_never_slower_than_float32(monkeypatch, tmp_path, timings, expected):
-    """The decision alone, on given timings (the measuring itself is exercised above)."""
-    monkeypatch.setattr(precision, "measure_products", lambda hidden, vocab: timings)
-    assert precision.resolve("auto", "none", "cpu", 64, 512, tmp_path / "p.json")[0] == expected
+def test_auto_takes_the_fastest_step_never_slower_than_float32(monkeypatch, tmp_path, timings, expected):
+    """The decision alone, on given whole-step timings (the measuring itself is exercised above)."""
+    fake_measure(monkeypatch, steady(timings))
+    path, why = precision.resolve("auto", "none", "cpu", 64, 512, tmp_path / "p.json", **SHAPE)
+    assert path == expected and why == f"auto: measured now (whole step: {precision.step_summary(timings)})"
 
 
 def test_int8_on_a_gpu_is_refused():

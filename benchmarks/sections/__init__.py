@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.registry import Section, check_order
-from benchmarks.sections import (ct2, decoding, floor, memory, paths, remote, slide_and_load, startup,
+from benchmarks.sections import (compiled, ct2, decoding, floor, memory, paths, remote, slide_and_load, startup,
                                  step_profile, ttft)
 
 SECTIONS: tuple[Section, ...] = (
@@ -16,6 +16,7 @@ SECTIONS: tuple[Section, ...] = (
     ttft.SECTION,
     slide_and_load.SECTION,  # needs paths (its float32 slide)
     step_profile.SECTION,
+    compiled.SECTION,        # after the in-process timings: compiling leaves inductor's workers and caches behind
     memory.SECTION,          # in a fresh process
     startup.SECTION,         # needs memory (its process was one launch to model ready)
     remote.SECTION,          # a llama.cpp server of its own, running the demo model

@@ -17,6 +17,7 @@ from benchmarks.workload import (PROMPT, best_step_seconds, context_text, greedy
                                  korepl_continue, prefilled_session)
 from korepl import precision
 from korepl.loading import LoadedModel, load_model
+from korepl.paths import state_dir
 from korepl.runner import StaticRunner
 from korepl.session import Session
 
@@ -41,8 +42,9 @@ class Paths(Result):
     timing: str
     by_path: dict[str, PathRun]
     fastest: str
-    auto_products_ms: dict[str, float]
+    auto_step_ms: dict[str, float]  # what `--dtype auto` measures: the whole step per path (precision.measure_step)
     auto_would_choose: str
+    auto_why: str
     step_context_tokens: int
     kept_tokens: int  # what a window slide re-prefills
     plain_step_at: int  # the context of the plain step a slide is compared with
@@ -128,13 +130,22 @@ def measure(bench: Bench, decoding: Decoding, step: Step) -> Paths:
                                 bandwidth_achieved_bytes_s=weight_bytes / step_s)
         del loaded
     fastest = max(results, key=lambda p: results[p].decode_tok_s[plan.decode_lengths[0]])
-    config = fp32.model.config
-    auto = precision.measure_products(config.n_embd, config.vocab_size) if bench.device.type == "cpu" else {}
+    auto, auto_ms, auto_why = auto_verdict(fp32)
     return Paths(timing=f"decode best of {plan.decode_repeats}; step best of {plan.repeats + 1}; "
                         f"floor best of {plan.floor_repeats}",
-                 by_path=results, fastest=fastest, auto_products_ms=auto,
-                 auto_would_choose=precision.fastest_not_slower(auto) if auto else "float16",
+                 by_path=results, fastest=fastest, auto_step_ms=auto_ms, auto_would_choose=auto, auto_why=auto_why,
                  step_context_tokens=plan.step_context, kept_tokens=kept_tokens(fp32), plain_step_at=fp32.window - 24)
+
+
+def auto_verdict(loaded: LoadedModel) -> tuple[str, dict[str, float], str]:
+    """What `--dtype auto` would choose for this model here, measured afresh as load_model measures it (the whole
+    step, not its products: on one AMD EPYC float16 had the fastest products and the slowest step), and why."""
+    if loaded.device.type != "cpu":
+        return "float16", {}, "half precision on the GPU"
+    config = loaded.model.config
+    shape = precision.StepShape(config.n_embd, config.n_layer, config.n_head, config.vocab_size, config.n_positions)
+    path, timings, note = precision.auto_verdict(shape, None, state_dir() / "precision.json")
+    return path, timings, f"the fastest whole step, never slower than float32{note}"
 
 
 def rows(result: Paths) -> list[Row]:
@@ -149,10 +160,12 @@ def rows(result: Paths) -> list[Row]:
                 Row(f"path {path}: window slide (the step that re-prefills {result.kept_tokens})",
                     f"{run.slide_s * 1e3:.0f} ms",
                     f"{run.slide_s / run.plain_step_near_window_end_s:.1f}× a plain step at {result.plain_step_at}")]
-    auto = result.auto_products_ms
-    products = "auto's products: " + ", ".join(f"{p} {t:.1f} ms" for p, t in auto.items()) if auto else "—"
+    auto = result.auto_step_ms
+    figures = (f"auto's whole step (one layer measured, scaled to the model's): {precision.step_summary(auto)}; "
+               "the step measured above: " + ", ".join(f"{p} {r.step_s * 1e3:.1f} ms" for p, r in result.by_path.items()
+                                                     if p in auto) + "; ") if auto else ""
     out.append(Row("fastest path here / what --dtype auto would choose",
-                   f"{result.fastest} / {result.auto_would_choose}", products))
+                   f"{result.fastest} / {result.auto_would_choose}", f"{figures}why: {result.auto_why}"))
     return out
 
 
