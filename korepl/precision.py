@@ -361,25 +361,18 @@ def fast_layout(path: str, device, hidden: int, cache: Path | None) -> tuple[str
     """("in_out" or "out_in", why): the weight layout whose product is faster for `path` on `device`.
 
     GPT-2 keeps its weights [in, out] and runs addmm; F.linear runs [out, in].  The same numbers, but not the same
-    kernels: on one AMD EPYC a float16 addmm took 24x as long as F.linear over the same weights.  Measured once per
-    device, torch version and precision, and remembered beside the precision verdicts.  int8 is always [out, in].
+    kernels: on one AMD EPYC a float16 addmm took 24x as long as F.linear over the same weights.  int8 is always
+    [out, in].
     """
     if path == "int8":
         return "out_in", "int8 runs nn.Linear"
-    key = f"layout | {device_name(device)} | torch {_torch_version()} | {path} | {hidden}"
-    known = _read_cache(cache) if cache is not None else {}
-    if key in known:
-        return known[key]["layout"], f"measured before ({known[key]['ms']})"
-    timings = measure_layouts(path, device, hidden)
-    layout = "out_in" if timings["out_in"] < timings["in_out"] else "in_out"
-    summary = ", ".join(f"{name} {ms:.3f} ms" for name, ms in timings.items())
-    known[key] = {"layout": layout, "ms": summary}
-    _write_cache(cache, known)
-    return layout, f"measured now ({summary})"
+    return _remembered(f"layout | {device_name(device)} | torch {_torch_version()} | {path} | {hidden}", cache,
+                       lambda: measure_layouts(path, device, hidden), lambda ms: min(ms, key=ms.get),
+                       ("in_out", "out_in"))
 
 
 def measure_layouts(path: str, device, hidden: int, rounds: int = 25) -> dict[str, float]:
-    """Milliseconds for one token through an MLP-sized product in each layout, the best of `rounds`, taking turns."""
+    """Milliseconds for one token through an MLP-sized product in each layout."""
     import torch
     import torch.nn.functional as F
 
@@ -387,17 +380,8 @@ def measure_layouts(path: str, device, hidden: int, rounds: int = 25) -> dict[st
     weight = torch.randn(hidden, 4 * hidden, dtype=dtype, device=device) / hidden ** 0.5
     bias, x = torch.zeros(4 * hidden, dtype=dtype, device=device), torch.randn(1, hidden, dtype=dtype, device=device)
     transposed = weight.t().contiguous()
-    runs = {"in_out": lambda: torch.addmm(bias, x, weight), "out_in": lambda: F.linear(x, transposed, bias)}
-    best = dict.fromkeys(runs, float("inf"))
-    with torch.inference_mode():
-        for _ in range(rounds + 1):  # the first round warms up (and may pack weights)
-            for name, run in runs.items():
-                started = time.perf_counter()
-                run()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                best[name] = min(best[name], (time.perf_counter() - started) * 1000)
-    return best
+    return _best_of({"in_out": lambda: torch.addmm(bias, x, weight), "out_in": lambda: F.linear(x, transposed, bias)},
+                    device, rounds)
 
 
 def fast_attention(path: str, device, heads: int, head_dim: int, cache: Path | None) -> tuple[str, str]:
@@ -405,27 +389,19 @@ def fast_attention(path: str, device, heads: int, head_dim: int, cache: Path | N
 
     Half-precision batched products have no fast kernel on some CPUs: on one AMD EPYC, attention over 900 cached
     positions took 521 us a layer in float16 against 71 us in float32.  So a half path may keep its cache and its
-    attention in float32 (twice the cache's memory, and two casts a layer).  Measured once per device, torch
-    version, precision and head shape, and remembered beside the other verdicts.
+    attention in float32 (twice the cache's memory, and two casts a layer).
     """
     if path in ("float32", "int8"):  # int8 keeps float32 activations
         return "float32", "the weights' own"
-    key = f"attention | {device_name(device)} | torch {_torch_version()} | {path} | {heads}x{head_dim}"
-    known = _read_cache(cache) if cache is not None else {}
-    if key in known:
-        return known[key]["dtype"], f"measured before ({known[key]['ms']})"
-    timings = measure_attention(path, device, heads, head_dim)
-    dtype = "float32" if timings["float32"] < timings[path] else path
-    summary = ", ".join(f"{name} {ms:.3f} ms" for name, ms in timings.items())
-    known[key] = {"dtype": dtype, "ms": summary}
-    _write_cache(cache, known)
-    return dtype, f"measured now ({summary})"
+    return _remembered(f"attention | {device_name(device)} | torch {_torch_version()} | {path} | {heads}x{head_dim}",
+                       cache, lambda: measure_attention(path, device, heads, head_dim),
+                       lambda ms: "float32" if ms["float32"] < ms[path] else path, ("float32", path))
 
 
 def measure_attention(path: str, device, heads: int, head_dim: int, positions: int = 512,
                       rounds: int = 15) -> dict[str, float]:
     """Milliseconds for one query's attention over `positions` cached ones, in `path`'s precision and in float32
-    (with the casts in and out that float32 costs a half path), the best of `rounds`, taking turns."""
+    (with the casts in and out that float32 costs a half path)."""
     import torch
 
     half = getattr(torch, path)
@@ -439,40 +415,23 @@ def measure_attention(path: str, device, heads: int, head_dim: int, positions: i
         scores = torch.bmm(query.to(dtype), keys.transpose(1, 2)) * head_dim ** -0.5
         return torch.bmm(torch.softmax(scores, dim=-1), values).to(half)
 
-    runs = {path: lambda: attend(half), "float32": lambda: attend(torch.float32)}
-    best = dict.fromkeys(runs, float("inf"))
-    with torch.inference_mode():
-        for _ in range(rounds + 1):  # the first round warms up
-            for name, run in runs.items():
-                started = time.perf_counter()
-                run()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                best[name] = min(best[name], (time.perf_counter() - started) * 1000)
-    return best
+    return _best_of({path: lambda: attend(half), "float32": lambda: attend(torch.float32)}, device, rounds)
 
 
 def fast_prefill(path: str, device, hidden: int, layout: str, cache: Path | None) -> tuple[str, str]:
     """("float32" or "", why): whether a prefill's products (many tokens at once) run faster in float32, the weights
     cast for each product, than in `path`'s own precision.  On one AMD EPYC a float16 product over 768 tokens took
-    80 ms as F.linear (2.4 s as addmm) against 21 ms cast to float32.  Measured and remembered like the others."""
+    80 ms as F.linear (2.4 s as addmm) against 21 ms cast to float32."""
     if path in ("float32", "int8"):
         return "", "the weights' own"
-    key = f"prefill | {device_name(device)} | torch {_torch_version()} | {path} | {layout} | {hidden}"
-    known = _read_cache(cache) if cache is not None else {}
-    if key in known:
-        return known[key]["dtype"], f"measured before ({known[key]['ms']})"
-    timings = measure_prefill(path, device, hidden, layout)
-    dtype = "float32" if timings["float32"] < timings[path] else ""
-    summary = ", ".join(f"{name} {ms:.1f} ms" for name, ms in timings.items())
-    known[key] = {"dtype": dtype, "ms": summary}
-    _write_cache(cache, known)
-    return dtype, f"measured now ({summary})"
+    return _remembered(f"prefill | {device_name(device)} | torch {_torch_version()} | {path} | {layout} | {hidden}",
+                       cache, lambda: measure_prefill(path, device, hidden, layout),
+                       lambda ms: "float32" if ms["float32"] < ms[path] else "", ("float32", ""))
 
 
 def measure_prefill(path: str, device, hidden: int, layout: str, rows: int = 128, rounds: int = 3) -> dict[str, float]:
     """Milliseconds for `rows` tokens through an MLP-sized product in `path` (as `layout` runs it) and cast to
-    float32, the best of `rounds`, taking turns."""
+    float32."""
     import torch
     import torch.nn.functional as F
 
@@ -486,10 +445,34 @@ def measure_prefill(path: str, device, hidden: int, layout: str, rows: int = 128
     else:
         own = lambda: torch.addmm(bias, x, stored)  # noqa: E731
         cast = lambda: torch.addmm(bias.float(), x.float(), stored.float()).to(dtype)  # noqa: E731
-    best = {path: float("inf"), "float32": float("inf")}
+    return _best_of({path: own, "float32": cast}, device, rounds)
+
+
+def _remembered(key: str, cache: Path | None, measure, choose, allowed: tuple[str, ...]) -> tuple[str, str]:
+    """(choice, why) for a kernel verdict: the one remembered under `key` in `cache`, or choose(measure()) now,
+    remembered beside the precision verdicts (once per device, torch version, precision and shape).  An entry
+    that is not one korepl wrote (an older form, a hand edit, a choice not in `allowed`) is measured afresh."""
+    known = _read_cache(cache) if cache is not None else {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("choice") in allowed and isinstance(entry.get("ms"), str):
+        return entry["choice"], f"measured before ({entry['ms']})"
+    timings = measure()
+    choice = choose(timings)
+    summary = ", ".join(f"{name} {ms:.3f} ms" for name, ms in timings.items())
+    known[key] = {"choice": choice, "ms": summary}
+    _write_cache(cache, known)
+    return choice, f"measured now ({summary})"
+
+
+def _best_of(runs: dict, device, rounds: int) -> dict[str, float]:
+    """Milliseconds of each run, the best of `rounds` after a warm-up round (first calls may pack weights), the
+    runs taking turns so that other work on the machine slows them alike."""
+    import torch
+
+    best = dict.fromkeys(runs, float("inf"))
     with torch.inference_mode():
-        for _ in range(rounds + 1):  # the first round warms up
-            for name, run in ((path, own), ("float32", cast)):
+        for _ in range(rounds + 1):
+            for name, run in runs.items():
                 started = time.perf_counter()
                 run()
                 if device.type == "cuda":

@@ -129,6 +129,13 @@ def test_the_attention_and_prefill_verdicts_are_measured_once_then_remembered(tm
     assert precision.fast_prefill("float16", cpu, 32, "out_in", cache)[1].startswith("measured before")
     assert precision.fast_prefill("float32", cpu, 32, "out_in", cache) == ("", "the weights' own")
     assert len(json.loads(cache.read_text())) == 2
+    # An entry korepl did not write so (an older form, a hand edit) is measured afresh, not trusted or fatal.
+    stored = json.loads(cache.read_text())
+    for key in stored:
+        stored[key] = {"choice": "float64", "ms": "made up"} if key.startswith("attention") else ["junk"]
+    cache.write_text(json.dumps(stored))
+    assert precision.fast_attention("float16", cpu, 4, 16, cache)[1].startswith("measured now")
+    assert precision.fast_prefill("float16", cpu, 32, "out_in", cache)[1].startswith("measured now")
 
 
 def test_int8_covers_every_linear_layer_and_the_output_projection(demo):
