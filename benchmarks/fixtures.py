@@ -14,6 +14,7 @@ tests/conftest.py imports these; nothing here imports pytest or the benchmark's 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterable, Sequence
 from itertools import cycle
 from pathlib import Path
@@ -106,3 +107,10 @@ def drain(source) -> str:
     """Run a continuation to its end (a session's next one, or steps already started); the text it showed."""
     steps: Iterable = source.generate() if hasattr(source, "generate") else source
     return "".join(step.text for step in steps)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a llama-server the tests or the benchmark start)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

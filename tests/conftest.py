@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # benchmarks/ is not installed with korepl
     sys.path.insert(0, str(REPO))
 
-from benchmarks.fixtures import build_kogpt2_shaped, hf_reference  # noqa: E402
+from benchmarks.fixtures import build_kogpt2_shaped, free_port, hf_reference  # noqa: E402
 from korepl import context as context_module  # noqa: E402
 from korepl.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
 from korepl.compiled import CompiledStep  # noqa: E402
@@ -137,12 +136,6 @@ def llama_files():
     if done.returncode != 0:
         pytest.fail("scripts/llama_server.py failed:\n" + done.stderr[-4000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LlamaServer:

@@ -98,8 +98,6 @@ def test_insecure_warns_in_one_line(llama):
 
 
 def test_one_shot_with_no_server_says_so_in_one_line(tmp_path):
-    from conftest import free_port
-
     url = f"http://127.0.0.1:{free_port()}"
     done = run_korepl("--model", str(DEMO_MODEL_DIR), "--backend", url, "--prompt", PROMPT)
     assert done.returncode == 2

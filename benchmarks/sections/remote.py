@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from benchmarks.fixtures import drain
+from benchmarks.fixtures import drain, free_port
 from benchmarks.plan import Bench
 from benchmarks.registry import Result, Row, Section, Skipped
 from benchmarks.workload import PROMPT, REPETITION_PENALTY, context_text, greedy_settings, prefilled_session
@@ -56,12 +55,6 @@ def server_files() -> dict | str:
     if done.returncode != 0:
         raise RuntimeError("scripts/llama_server.py failed:\n" + done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
