@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import weakref
@@ -39,6 +40,8 @@ from korepl.session import Session  # noqa: E402
 from korepl.settings import load_defaults  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may wait on a hub
+# korepl's state folder (precision verdicts, history) of the test run's own: never the user's.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="korepl-test-state-")
 torch.set_num_threads(2)
 # Two shared cores: a first call that loads code can take a while; timing is the benchmarks' job.
 hypothesis.settings.register_profile("korepl", deadline=None)
