@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # benchmarks/ is not installed with korepl
     sys.path.insert(0, str(REPO))
 
-from benchmarks.fixtures import build_kogpt2_shaped, free_port, hf_reference  # noqa: E402
+from benchmarks.fixtures import build_kogpt2_shaped, free_port, hf_reference, stop_process  # noqa: E402
 from korepl import context as context_module  # noqa: E402
 from korepl.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
 from korepl.compiled import CompiledStep  # noqa: E402
@@ -173,13 +173,7 @@ class LlamaServer:
             return json.loads(answer.read())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @pytest.fixture(scope="session")

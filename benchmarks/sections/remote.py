@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from benchmarks.fixtures import drain, free_port
+from benchmarks.fixtures import drain, free_port, stop_process
 from benchmarks.plan import Bench
 from benchmarks.registry import Result, Row, Section, Skipped
 from benchmarks.workload import PROMPT, REPETITION_PENALTY, context_text, greedy_settings, prefilled_session
@@ -105,13 +105,7 @@ class Server:
         return float(values["llamacpp:prompt_tokens_total"]), float(values["llamacpp:prompt_seconds_total"])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 # --- one request, two ways -------------------------------------------------------------------------
