@@ -1,17 +1,23 @@
-"""GPT-2's one-token step compiled once by inductor, in the background, kept only where it is faster.
+"""The one-token step compiled once, in the background, and kept only where it is faster.
 
-The eager step (runner.StaticRunner) pays Python dispatch for each of its ~200 small ops per token;
-compiled, the ops between the products fuse into a few loops.  The cache length is a symbolic size,
-so one graph serves every length (a `torch.compile` of the eager step recompiled per length, and a
-fixed-size masked cache reads the whole window each step, which on a CPU costs more than it saves).
+Two kinds, one life cycle (`CompiledStep`: waiting → compiling → compiled, or eager with a note why):
 
-Compiling takes tens of seconds on two cores, so it runs on a low-priority thread while the eager
-step serves.  When it is done, both steps are timed against each other on scratch caches (taking
-turns, best of several) and, under `compile = "auto"`, the compiled one is used only if it is
-faster; a model of under 20M parameters (the demo model: 2.8M, a step of ~0.3 ms) steps too fast
-for compiling to pay and is not compiled at all.  The verdict and its figures are what /settings shows.  Inductor keeps what it built under korepl's cache folder (its
-own keys cover the graph, the precision, the device and the torch version), so a second launch
-mostly loads.
+* `GPT2Step`, for GPT-2-family models on the CPU: korepl's own step (runner.one_token) compiled by inductor.
+  The eager step pays Python dispatch for each of its ~200 small ops per token; compiled, the ops between the
+  products fuse into a few loops.  The cache length is a symbolic size, so one graph serves every length (a
+  `torch.compile` of the eager step recompiled per length, and a fixed-size masked cache reads the whole window
+  each step, which on a CPU costs more than it saves).
+* `HubStep`, for other causal LMs: the model's own forward over transformers' `StaticCache` (whose length is a
+  tensor, so again one graph), compiled with CUDA graphs on a GPU (`mode="reduce-overhead"`), where launching
+  each small kernel is most of a step.  On the CPU it is used only under `compile = "on"`: a static cache masks
+  and reads the whole window every step, which there costs more than the dynamic cache it replaces.
+
+Compiling takes tens of seconds, so it runs on a low-priority thread while the eager step serves.  When it is
+done, both steps are timed against each other on a scratch cache (taking turns, best of several) and, under
+`compile = "auto"`, the compiled one is used only if it is faster; a model of under 20M parameters (the demo
+model: 2.8M, a step of ~0.3 ms) steps too fast for compiling to pay and is not compiled at all.  The verdict
+and its figures are what /settings shows.  Inductor keeps what it built under korepl's cache folder (its own
+keys cover the graph, the precision, the device and the torch version), so a second launch mostly loads.
 """
 
 from __future__ import annotations
@@ -27,25 +33,32 @@ import torch
 
 from korepl.runner import OpPrecision, StaticRunner, one_token
 
-# Under `auto`, smaller models are not compiled: the compiled call's own fixed cost (its guards) is about what it
-# saves.  Decided by size, not by timing the step, so that a busy machine does not change the answer.
+# Under `auto`, smaller models are not compiled: the compiled call's own fixed cost is about what it saves.
+# Decided by size, not by timing the step, so that a busy machine does not change the answer.
 WORTH_PARAMETERS = 20_000_000
 THREAD_NAME = "korepl-compile"  # korepl.repl leaves with os._exit while it runs (a compile cannot be stopped)
+SCRATCH_TOKENS = 8  # what the scratch cache holds before the compiled call and the race
+
+
+def for_model(model, device: torch.device, mode: str = "auto", cache_dir: Path | None = None,
+              ops: OpPrecision = OpPrecision(), window: int = 1024) -> CompiledStep:
+    """The compiled step that suits `model`: korepl's own GPT-2 step, or the model's forward (any other)."""
+    if StaticRunner.supports(model):
+        return GPT2Step(model, device, mode, cache_dir, ops)
+    return HubStep(model, device, mode, cache_dir, window=window)
 
 
 class CompiledStep:
-    """The compiled one-token step of one loaded GPT-2 model, shared by every runner on it.
+    """The compiled one-token step of one loaded model, shared by every runner on it.
 
     `state` is one of: waiting (not started, or measuring whether to), compiling, compiled (in use),
     eager (compiled but not faster, or not worth it or not possible here: `note` says why).
     """
 
-    def __init__(self, model, device: torch.device, mode: str = "auto", cache_dir: Path | None = None,
-                 ops: OpPrecision = OpPrecision()):
+    def __init__(self, model, device: torch.device, mode: str = "auto", cache_dir: Path | None = None):
         self.state, self.note = "waiting", ""
         self.mode = mode  # auto: used only where faster; on: used once compiled
         self._model, self._device, self._cache_dir = model, device, cache_dir
-        self._ops = ops  # as the runners' (korepl.loading.LoadedModel.ops)
         self._step: Callable | None = None  # set only when it is in use
         self.compile_seconds: float | None = None  # the compile (or the load from the disk cache) alone
         self.started = False
@@ -54,18 +67,11 @@ class CompiledStep:
     def ready(self) -> bool:
         return self._step is not None
 
-    def run(self, runner: StaticRunner, token: int) -> torch.Tensor:
-        """The logits after `token` at the runner's next position, writing its cache there."""
-        position = runner.cached_len
-        # The compiler specialises sizes 0 and 1, and a view of the whole cache: those would need graphs of their
-        # own (found by the guards that failed), so those few steps run eager.
-        if token < 2 or position < 2 or position + 1 >= runner.keys.shape[2]:
-            return one_token(runner, token, position, runner.layer_keys, runner.layer_values)
-        try:
-            return self._step(token, runner.cached_len, runner.layer_keys, runner.layer_values)
-        except RuntimeError as exc:  # it would have to compile again here (a guard failed): never on this thread
-            self._step, self.state, self.note = None, "eager", f"the compiled step stopped fitting ({_first_line(exc)})"
-            return one_token(runner, token, runner.cached_len, runner.layer_keys, runner.layer_values)
+    def unsupported(self) -> str:
+        """Why this model's step cannot be compiled here ("" when it can)."""
+        if any("quantized" in type(module).__module__ for module in self._model.modules()):
+            return "int8's packed weights cannot be traced by the compiler"
+        return ""
 
     def start(self) -> None:
         """Compile on a thread; the runners keep the eager step until this says `compiled`."""
@@ -79,13 +85,16 @@ class CompiledStep:
         self.started = True
         self._compile_and_choose()
 
+    def describe(self) -> str:
+        return f"{self.state} ({self.note})" if self.note else self.state
+
     def _compile_in_background(self) -> None:
         with contextlib.suppress(OSError, AttributeError):  # Linux: a thread has its own nice value
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # the writer's step comes first
         self._compile_and_choose()
 
     def _compile_and_choose(self) -> None:
-        why_not = unsupported(self._model, self._device)
+        why_not = self.unsupported()
         if why_not:
             self.state, self.note = "eager", why_not
             return
@@ -94,26 +103,13 @@ class CompiledStep:
             self.state = "eager"
             self.note = f"not worth it for {parameters / 1e6:.1f}M parameters (compile = on forces it)"
             return
-        # Its own cache, of the runners' precision: the writer's is never touched.
-        scratch = StaticRunner(self._model, self._device, ops=self._ops)
-
-        def step(token, position, layer_keys, layer_values):
-            return one_token(scratch, token, position, layer_keys, layer_values)
-
-        with torch.inference_mode():
-            scratch.run(list(range(8)))
         try:
             if self._cache_dir is not None:  # read by inductor at each use (and by its compile workers)
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self._cache_dir)
             started, self.state = time.perf_counter(), "compiling"
-            compiling = torch.compile(step, fullgraph=True, dynamic=True)
-            with torch.inference_mode():
-                compiling(8, scratch.cached_len, scratch.layer_keys, scratch.layer_values)  # compiles, or loads
-            # Calls from the writer's thread must never compile: a guard that fails there raises (and the
-            # runner falls back to eager) instead of stalling the writer for seconds.
-            compiled = torch.compiler.set_stance("fail_on_recompile")(compiling)
+            compiled, eager_tokens, compiled_tokens = self._compile()
             seconds = self.compile_seconds = time.perf_counter() - started
-            eager_ms, compiled_ms = _race(scratch, step, compiled)
+            eager_ms, compiled_ms = _race(self._device, eager_tokens, compiled_tokens)
         except Exception as exc:  # any failure of the compiler stack leaves the eager step serving
             self.state, self.note = "eager", f"compiling failed ({_first_line(exc)})"
             return
@@ -123,32 +119,167 @@ class CompiledStep:
         else:
             self.state, self.note = "eager", f"the compiled step was not faster here ({figures})"
 
-    def describe(self) -> str:
-        return f"{self.state} ({self.note})" if self.note else self.state
+    def _compile(self) -> tuple[Callable, Callable, Callable]:
+        """(the compiled step, which never compiles again; then eager and compiled runs of `SCRATCH_TOKENS` steps
+        each on a scratch cache, for the race).  Compiles, or loads from the disk cache."""
+        raise NotImplementedError
+
+    def _stop_using(self, exc: Exception) -> None:
+        self._step, self.state, self.note = None, "eager", f"the compiled step stopped fitting ({_first_line(exc)})"
 
 
-def unsupported(model, device: torch.device) -> str:
-    """Why this model's step cannot be compiled here ("" when it can)."""
-    if not StaticRunner.supports(model):
-        return "only GPT-2-family models have a compiled step"
-    if device.type != "cpu":
-        return "the compiled step is built for the CPU only so far"
-    if any("quantized" in type(module).__module__ for module in model.modules()):
-        return "int8's packed weights cannot be traced by the compiler"
-    return ""
+def _strict(compiled: Callable) -> Callable:
+    """Calls from the writer's thread must never compile: a guard that fails there raises (and the runner falls
+    back to eager) instead of stalling the writer for seconds."""
+    return torch.compiler.set_stance("fail_on_recompile")(compiled)
 
 
-def _race(scratch: StaticRunner, *steps: Callable, tokens: int = 8, rounds: int = 5) -> list[float]:
-    """Milliseconds per token of each step, the best of `rounds`, taking turns so that other work hits all alike."""
-    best = [float("inf")] * len(steps)
-    start = scratch.cached_len
+class GPT2Step(CompiledStep):
+    """runner.one_token compiled by inductor, the token, the position and the cache length symbolic."""
+
+    def __init__(self, model, device: torch.device, mode: str = "auto", cache_dir: Path | None = None,
+                 ops: OpPrecision = OpPrecision()):
+        super().__init__(model, device, mode, cache_dir)
+        self._ops = ops  # as the runners' (korepl.loading.LoadedModel.ops)
+
+    def unsupported(self) -> str:
+        if self._device.type != "cpu":
+            return "GPT-2's compiled step is built for the CPU only so far"
+        return super().unsupported()
+
+    def run(self, runner: StaticRunner, token: int) -> torch.Tensor:
+        """The logits after `token` at the runner's next position, writing its cache there."""
+        position = runner.cached_len
+        # The compiler specialises sizes 0 and 1, and a view of the whole cache: those would need graphs of their
+        # own (found by the guards that failed), so those few steps run eager.
+        if token < 2 or position < 2 or position + 1 >= runner.keys.shape[2]:
+            return one_token(runner, token, position, runner.layer_keys, runner.layer_values)
+        try:
+            return self._step(token, position, runner.layer_keys, runner.layer_values)
+        except RuntimeError as exc:  # it would have to compile again here (a guard failed): never on this thread
+            self._stop_using(exc)
+            return one_token(runner, token, position, runner.layer_keys, runner.layer_values)
+
+    def _compile(self):
+        scratch = StaticRunner(self._model, self._device, ops=self._ops)  # its own cache: the writer's is untouched
+
+        def step(token, position, layer_keys, layer_values):
+            return one_token(scratch, token, position, layer_keys, layer_values)
+
+        scratch.run(list(range(SCRATCH_TOKENS)))
+        compiling = torch.compile(step, fullgraph=True, dynamic=True)
+        with torch.inference_mode():  # as StaticRunner.run calls it
+            compiling(SCRATCH_TOKENS, SCRATCH_TOKENS, scratch.layer_keys, scratch.layer_values)
+        compiled = _strict(compiling)
+
+        def tokens(chosen: Callable) -> Callable:
+            def run() -> None:
+                for i in range(SCRATCH_TOKENS):
+                    chosen(100 + i, SCRATCH_TOKENS + i, scratch.layer_keys, scratch.layer_values)
+            return run
+
+        return compiled, tokens(step), tokens(compiled)
+
+
+class HubStep(CompiledStep):
+    """The model's own forward over a StaticCache, compiled (with CUDA graphs on a GPU); runner.HubRunner keeps
+    a StaticCache for it from the start when `uses_static_cache`, else its usual DynamicCache."""
+
+    def __init__(self, model, device: torch.device, mode: str = "auto", cache_dir: Path | None = None,
+                 window: int = 1024):
+        super().__init__(model, device, mode, cache_dir)
+        self.window = window
+        self.uses_static_cache = not self.unsupported()
+
+    def unsupported(self) -> str:
+        from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
+
+        if self._device.type == "cpu" and self.mode != "on":
+            return ("on the CPU, a model other than GPT-2 is compiled only with compile = on: its static cache reads "
+                    "the whole window each step")
+        if not getattr(self._model, "_can_compile_fullgraph", False):
+            return "transformers does not compile this model's forward whole"
+        why_not = super().unsupported()
+        if why_not:
+            return why_not
+        try:
+            layers = StaticCache(config=self._model.config, max_cache_len=SCRATCH_TOKENS).layers
+        except Exception as exc:
+            return f"this model takes no static cache ({_first_line(exc)})"
+        if any(type(layer) is not StaticLayer for layer in layers):  # sliding windows and the like are not cropped
+            return "its cache is not plain full attention in every layer (sliding windows, linear attention)"
+        return ""
+
+    def new_cache(self):
+        """A StaticCache of the whole window.  Its tensors are inference tensors, whichever thread makes it: the
+        graph's guards check that, and the runner runs and crops under inference mode."""
+        from transformers import StaticCache
+
+        with torch.inference_mode():
+            return StaticCache(config=self._model.config, max_cache_len=self.window)
+
+    def run(self, runner, input_ids: torch.Tensor) -> torch.Tensor:
+        """The last position's logits [vocab] after the one token `input_ids` ([1, 1]), writing the runner's cache."""
+        cache = runner.cache
+        if not cache.is_initialized:  # the first forward lays the cache out: eager, as every prefill
+            return _last_logits(self._model, input_ids, cache)
+        try:
+            if self._device.type == "cuda":  # the previous replay's outputs may be overwritten: the context copied them
+                torch.compiler.cudagraph_mark_step_begin()
+            return _last_logits(self._step, input_ids, cache).clone()
+        except Exception as exc:  # a guard failed (no compiling here), or CUDA graphs refused: eager from now on
+            self._stop_using(exc)
+            runner.crop(runner.cached_len)
+            return _last_logits(self._model, input_ids, cache)
+
+    def _compile(self):
+        scratch = self.new_cache()
+        mode = "reduce-overhead" if self._device.type == "cuda" else None  # CUDA graphs
+        compiling = torch.compile(self._model.forward, fullgraph=True, mode=mode)
+        with torch.inference_mode():  # as HubRunner.run calls it
+            _last_logits(self._model, torch.arange(100, 100 + SCRATCH_TOKENS, device=self._device)[None], scratch)
+            token = torch.tensor([[SCRATCH_TOKENS]], device=self._device)
+            for _ in range(3):  # compiles; with CUDA graphs the later calls record and replay
+                crop_static(scratch, SCRATCH_TOKENS)
+                _last_logits(compiling, token, scratch)
+        compiled = _strict(compiling)
+
+        def tokens(chosen: Callable) -> Callable:
+            def run() -> None:
+                crop_static(scratch, SCRATCH_TOKENS)
+                for _ in range(SCRATCH_TOKENS):
+                    _last_logits(chosen, token, scratch)
+            return run
+
+        return compiled, tokens(self._model.forward), tokens(compiled)
+
+
+def _last_logits(forward: Callable, input_ids: torch.Tensor, cache) -> torch.Tensor:
+    return forward(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+
+
+def crop_static(cache, length: int) -> None:
+    """A StaticCache cut back to `length` in place (its tensors keep their addresses, as CUDA graphs need): its
+    layers count what they hold in a tensor each, and after Ctrl+C mid-forward some counted one chunk more."""
+    with torch.inference_mode():
+        for layer in cache.layers:
+            if layer.is_initialized and int(layer.cumulative_length) > length:
+                layer.cumulative_length.fill_(length)
+
+
+def _race(device: torch.device, *runs: Callable, rounds: int = 5) -> list[float]:
+    """Milliseconds per token of each run of `SCRATCH_TOKENS` steps, the best of `rounds`, taking turns so that
+    other work hits all alike."""
+    best = [float("inf")] * len(runs)
     with torch.inference_mode():
         for _ in range(rounds):
-            for n, step in enumerate(steps):
+            for n, run in enumerate(runs):
                 began = time.perf_counter()
-                for i in range(tokens):
-                    step(100 + i, start + i, scratch.layer_keys, scratch.layer_values)
-                best[n] = min(best[n], (time.perf_counter() - began) * 1000 / tokens)
+                run()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                best[n] = min(best[n], (time.perf_counter() - began) * 1000 / SCRATCH_TOKENS)
     return best
 
 

@@ -81,12 +81,13 @@ class BackgroundLoad:
             self.loaded = load(config)  # here, or (with a backend) the tokenizer and the probed server
             if config.compile != "off" and self.loaded.remote is None:
                 from korepl import paths
-                from korepl.compiled import CompiledStep
+                from korepl import compiled
 
                 # Started by the REPL once the writer is idle (Repl._compile_when_idle), not here: compiling
                 # beside the first continuation made launch-to-first-token 1.7x as long.
-                self.loaded.compiled = CompiledStep(self.loaded.model, self.loaded.device, config.compile,
-                                                    paths.inductor_cache_dir(), self.loaded.ops)
+                self.loaded.compiled = compiled.for_model(self.loaded.model, self.loaded.device, config.compile,
+                                                          paths.inductor_cache_dir(), self.loaded.ops,
+                                                          self.loaded.window)
         except ModelUnavailable as exc:
             self.error = str(exc)
         except UserError as exc:  # a server that cannot be used, an api_key_command that failed

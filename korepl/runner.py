@@ -8,7 +8,8 @@ Two runners, one interface (`run`, `crop`, `reset`, `cached_len`):
   the model's own layers run (in whatever precision they hold: float32, half, or int8), called without
   the module wrappers; attention and GELU use faster kernels that agree to ~1e-7, and the tests check
   that float32 greedy ids still equal Hugging Face `generate`'s.
-* `HubRunner`, for any other causal LM: the model's own forward with a transformers `DynamicCache`.
+* `HubRunner`, for any other causal LM: the model's own forward with a transformers `DynamicCache`, or a
+  `StaticCache` where its forward is compiled (korepl.compiled.HubStep: CUDA graphs on a GPU).
 
 Why a step of its own: Hugging Face's forward spends part of each one-token step outside the
 products (mask building, cache concatenation, dispatch); `benchmarks/` measures the difference.
@@ -25,35 +26,51 @@ from transformers.pytorch_utils import Conv1D
 
 
 class HubRunner:
-    """Any causal LM through its own forward pass and a DynamicCache."""
+    """Any causal LM through its own forward pass: a DynamicCache, or a StaticCache when its compiled step
+    (korepl.compiled.HubStep) is to serve the one-token steps once it is ready."""
 
-    def __init__(self, model, device: torch.device):
+    def __init__(self, model, device: torch.device, compiled=None):
         self.model, self.device = model, device
-        self.cache = DynamicCache()
+        self.compiled = compiled if getattr(compiled, "uses_static_cache", False) else None
+        self.cache = self._new_cache()
         self.cached_len = 0
 
+    def _new_cache(self):
+        return DynamicCache() if self.compiled is None else self.compiled.new_cache()
+
     def run(self, chunk: list[int]) -> torch.Tensor:
-        input_ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
-        attention_mask = torch.ones((1, self.cached_len + len(chunk)), dtype=torch.long, device=self.device)
         try:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, cache=self.cache, use_cache=True,
-                             logits_to_keep=1)
+            with torch.inference_mode():  # as the compiled step was compiled (grad mode is one of its guards)
+                input_ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+                if len(chunk) == 1 and self.compiled is not None and self.compiled.ready:
+                    logits = self.compiled.run(self, input_ids)
+                else:
+                    out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+                    logits = out.logits[0, -1]
         except BaseException:
             # Ctrl+C (or any failure) inside the forward pass may leave some layers longer than others.
             self.crop(self.cached_len)
             raise
         self.cached_len += len(chunk)
-        return out.logits[0, -1].float()
+        return logits.float()
 
     def crop(self, length: int) -> None:
-        for layer in self.cache.layers:
-            excess = layer.get_seq_length() - length
-            if excess > 0:
-                layer.crop(-excess)
+        if self.compiled is not None:
+            from korepl.compiled import crop_static
+
+            crop_static(self.cache, length)
+        else:
+            for layer in self.cache.layers:
+                excess = layer.get_seq_length() - length
+                if excess > 0:
+                    layer.crop(-excess)
         self.cached_len = min(self.cached_len, length)
 
     def reset(self) -> None:
-        self.cache = DynamicCache()
+        if self.compiled is not None:
+            self.crop(0)  # the same tensors: a CUDA graph recorded over them stays good
+        else:
+            self.cache = DynamicCache()
         self.cached_len = 0
 
 
@@ -241,4 +258,4 @@ class RemoteRunner:
 def make_runner(model, device: torch.device, compiled=None, ops: OpPrecision = OpPrecision()) -> StaticRunner | HubRunner:
     if StaticRunner.supports(model):
         return StaticRunner(model, device, compiled, ops)
-    return HubRunner(model, device)
+    return HubRunner(model, device, compiled)

@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed with korepl
 from benchmarks.fixtures import build_kogpt2_shaped, free_port, hf_reference, stop_process  # noqa: E402
 from korepl import context as context_module  # noqa: E402
 from korepl.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
-from korepl.compiled import CompiledStep  # noqa: E402
+from korepl.compiled import CompiledStep, GPT2Step, HubStep  # noqa: E402
 from korepl.runner import HubRunner, OpPrecision, StaticRunner  # noqa: E402
 from korepl.session import Session  # noqa: E402
 from korepl.settings import load_defaults  # noqa: E402
@@ -81,12 +81,16 @@ def hf_greedy():
     return hf_reference
 
 
-@pytest.fixture(params=["static", "hub", "compiled"])
+@pytest.fixture(params=["static", "hub", "compiled", "hub-compiled"])
 def runner(request, monkeypatch, inductor_dir):
     """A cache check run on every runner: GPT-2's preallocated cache with the eager step and with the compiled
-    one (korepl/compiled.py, compiled once per model), and transformers' DynamicCache."""
+    one (korepl/compiled.py, compiled once per model), transformers' DynamicCache, and its StaticCache with the
+    model's forward compiled (HubStep, as a GPU runs any other causal LM; here on the CPU under compile = on)."""
     if request.param == "hub":
         monkeypatch.setattr(context_module, "make_runner", lambda model, device, *_: HubRunner(model, device))
+    elif request.param == "hub-compiled":
+        monkeypatch.setattr(context_module, "make_runner", lambda model, device, *_: HubRunner(
+            model, device, compiled_step(model, device, OpPrecision(), inductor_dir, hub=True)))
     elif request.param == "compiled":
         def with_compiled_step(model, device, compiled=None, ops=OpPrecision()):
             if not StaticRunner.supports(model):
@@ -94,20 +98,29 @@ def runner(request, monkeypatch, inductor_dir):
             return StaticRunner(model, device, compiled_step(model, device, ops, inductor_dir), ops)
 
         monkeypatch.setattr(context_module, "make_runner", with_compiled_step)
-    return request.param
+    yield request.param
+    for step in _COMPILED[request.param == "hub-compiled"].values():  # the graphs served: none fell back to eager
+        assert step.state == "compiled", step.describe()
 
 
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILED: dict[bool, weakref.WeakKeyDictionary] = {False: weakref.WeakKeyDictionary(),
+                                                   True: weakref.WeakKeyDictionary()}
 
 
-def compiled_step(model, device, ops, inductor_dir) -> CompiledStep:
-    """The model's compiled step (mode "on": used even where not faster), compiled on first use and kept."""
-    if model not in _COMPILED:
-        step = CompiledStep(model, device, "on", inductor_dir, ops)
+def compiled_step(model, device, ops, inductor_dir, hub: bool = False) -> CompiledStep:
+    """The model's compiled step (mode "on": used even where not faster), compiled on first use and kept: korepl's
+    own GPT-2 step, or (`hub`) the model's forward over a StaticCache of its whole window."""
+    kept = _COMPILED[hub]
+    if model not in kept:
+        if hub:
+            window = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
+            step = HubStep(model, device, "on", inductor_dir, window=window)
+        else:
+            step = GPT2Step(model, device, "on", inductor_dir, ops)
         step.compile_now()
         assert step.ready, step.describe()
-        _COMPILED[model] = step
-    return _COMPILED[model]
+        kept[model] = step
+    return kept[model]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 from benchmarks.fixtures import drain
 from conftest import full_forward_logits
 
-pytestmark = pytest.mark.usefixtures("runner")  # every test on both runners
+pytestmark = pytest.mark.usefixtures("runner")  # every test on every runner
 
 
 def assert_cache_matches(session) -> None:
@@ -95,12 +95,12 @@ def test_interrupt_inside_forward_leaves_cache_consistent(demo, new_session, run
     # Layer 2's MLP runs after layers 0-1 and layer 2's attention have written this step into the cache.
     # The compiled step runs as one call that no signal splits: Ctrl+C lands after it wrote the cache, before
     # the runner counted the token.
-    if runner == "compiled":
+    if runner in ("compiled", "hub-compiled"):
         compiled = session.context.runner.compiled
         original_step = compiled._step
 
-        def step_then_interrupt(*args):
-            logits = original_step(*args)
+        def step_then_interrupt(*args, **kwargs):
+            logits = original_step(*args, **kwargs)
             interrupt_on_fifth_call()
             return logits
 
@@ -122,7 +122,7 @@ def test_interrupt_inside_forward_leaves_cache_consistent(demo, new_session, run
         undo()
     assert session.last_ending.reason == "interrupted"
     # The fifth call runs the fourth generated token (the compiled step is not called for the prompt's prefill).
-    assert session.last_ending.new_tokens == (5 if runner == "compiled" else 4)
+    assert session.last_ending.new_tokens == (5 if runner in ("compiled", "hub-compiled") else 4)
     assert session.text == session.decode(session.ids)
     assert_cache_matches(session)
     session.feed(" 그리고")

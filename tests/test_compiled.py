@@ -8,6 +8,7 @@ fixture's "compiled"): slides, crops, undo, memory changes and a Ctrl+C after a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -17,13 +18,13 @@ import time
 import pexpect
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from benchmarks.fixtures import drain
 from conftest import REPO, compiled_step, full_forward_logits
-from korepl.compiled import CompiledStep, unsupported
+from korepl.compiled import CompiledStep, GPT2Step, HubStep, for_model
 from korepl.loading import DEMO_MODEL_DIR, load_model
-from korepl.runner import OpPrecision, StaticRunner
+from korepl.runner import HubRunner, OpPrecision, StaticRunner
 from test_repl_pty import ANSI, HANGUL, Terminal
 
 PROMPT = "대한민국의 모든 국민은"
@@ -39,9 +40,9 @@ def counting(step: CompiledStep) -> dict:
     """Count the calls that reach the compiled graph (not the eager steps run.run takes itself)."""
     calls, real = {"n": 0}, step._step
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         calls["n"] += 1
-        return real(*args)
+        return real(*args, **kwargs)
 
     step._step = counted
     calls["undo"] = lambda: setattr(step, "_step", real)
@@ -104,27 +105,79 @@ def test_compiled_logits_equal_a_full_forward_at_every_length_and_after_a_slide(
 
 def test_what_is_not_compiled_ends_eager_and_says_why(demo, inductor_dir):
     before = graphs()
-    small = CompiledStep(demo.model, demo.device, "auto", inductor_dir, demo.ops)
+    small = for_model(demo.model, demo.device, "auto", inductor_dir, demo.ops)
     small.compile_now()
-    assert (small.state, small.ready) == ("eager", False)
+    assert isinstance(small, GPT2Step) and (small.state, small.ready) == ("eager", False)
     assert small.note == "not worth it for 2.8M parameters (compile = on forces it)"
     int8 = load_model(str(DEMO_MODEL_DIR), "cpu", "float32", "int8")
-    packed = CompiledStep(int8.model, int8.device, "on", inductor_dir, int8.ops)
+    packed = for_model(int8.model, int8.device, "on", inductor_dir, int8.ops)
     packed.compile_now()
     assert (packed.state, packed.ready) == ("eager", False) and "int8" in packed.note
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2))
-    other = CompiledStep(llama, torch.device("cpu"), "on", inductor_dir)
+    # Other models: their forward over a static cache, which on the CPU only `compile = on` asks for.
+    llama = tiny_llama()
+    other = for_model(llama, torch.device("cpu"), "auto", inductor_dir, window=64)
     other.compile_now()
-    assert (other.state, other.ready) == ("eager", False) and "GPT-2" in other.note
-    assert other.note == unsupported(llama, torch.device("cpu"))
-    assert unsupported(demo.model, demo.device) == ""
+    assert isinstance(other, HubStep) and (other.state, other.ready) == ("eager", False)
+    assert "compile = on" in other.note and not other.uses_static_cache
+    mistral = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, num_key_value_heads=2, sliding_window=8))
+    sliding = for_model(mistral, torch.device("cpu"), "on", inductor_dir, window=64)
+    sliding.compile_now()
+    assert (sliding.state, sliding.ready) == ("eager", False) and "sliding windows" in sliding.note
+    assert not sliding.uses_static_cache and for_model(llama, torch.device("cpu"), "on", window=64).uses_static_cache
     assert graphs() == before  # none of them compiled anything
+
+
+def tiny_llama(vocab_size: int = 64, seed: int = 5) -> LlamaForCausalLM:
+    """Random weights of a Llama shape: not GPT-2, so it runs on runner.HubRunner."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=1, eos_token_id=1, pad_token_id=3)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_another_models_compiled_forward_writes_generates_ids_and_keeps_its_cache(demo, new_session, hf_greedy,
+                                                                                inductor_dir):
+    """A Llama-shaped model (with the demo tokenizer) on HubRunner: its forward compiled over a StaticCache, as
+    a GPU runs a bigger model, here under compile = on.  Greedy ids equal generate's; every generated token runs
+    through the graph; a crop (undo) and a reset keep the cache right, and nothing compiles again."""
+    llama = tiny_llama(len(demo.tokenizer))
+    loaded = dataclasses.replace(demo, model=llama, name="tiny-llama")
+    step = for_model(llama, loaded.device, "on", inductor_dir, window=loaded.window)
+    step.compile_now()
+    assert isinstance(step, HubStep) and step.state == "compiled", step.describe()
+    assert re.fullmatch(r"step [\d.]+ ms compiled, [\d.]+ ms eager; compiled in \d+ s", step.note)
+    before = graphs()
+    expected = hf_greedy(loaded, PROMPT, 24, repetition_penalty=2.0)
+    session = new_session(dataclasses.replace(loaded, compiled=step), greedy=True, repetition_penalty=2.0,
+                          max_new_tokens=24, stop=())
+    runner = session.context.runner
+    assert isinstance(runner, HubRunner) and runner.compiled is step and runner.cache.get_max_length() == loaded.window
+    calls = counting(step)
+    try:
+        session.feed(PROMPT)
+        drain(session)
+        assert session.ids[len(demo.tokenizer.encode(PROMPT)):] == expected and len(expected) == 24
+        assert calls["n"] == 24
+        session.context.truncate(len(session.ids) - 7)  # undo part of it: the cache is cut back in place
+        torch.testing.assert_close(session.next_logits(), full_forward_logits(loaded, session.ids), rtol=1e-4,
+                                   atol=1e-4)
+        drain(session)
+        torch.testing.assert_close(session.next_logits(), full_forward_logits(loaded, session.ids), rtol=1e-4,
+                                   atol=1e-4)
+        runner.reset()
+        assert runner.run(session.ids[:5]) is not None and runner.cached_len == 5
+        torch.testing.assert_close(runner.run([session.ids[5]]), full_forward_logits(loaded, session.ids[:6]),
+                                   rtol=1e-4, atol=1e-4)
+    finally:
+        calls["undo"]()
+    assert step.state == "compiled" and graphs() == before
 
 
 def test_compiling_in_the_background_while_the_writer_generates(demo, new_session, inductor_dir):
     compiled_step(demo.model, demo.device, demo.ops, inductor_dir)  # the graph on disk: here it mostly loads
-    step = CompiledStep(demo.model, demo.device, "on", inductor_dir, demo.ops)
+    step = GPT2Step(demo.model, demo.device, "on", inductor_dir, demo.ops)
     with_step = new_session(demo, greedy=True, repetition_penalty=2.0, max_new_tokens=4, stop=())
     with_step.context.runner.compiled = step
     plain = new_session(demo, greedy=True, repetition_penalty=2.0, max_new_tokens=4, stop=())
@@ -155,7 +208,7 @@ def test_a_guard_that_fails_falls_back_to_eager_without_compiling(demo, inductor
     """float64 caches (a runner whose attention runs in float64) do not fit the float32 graph: the step runs eager,
     correct, and the compiled step says it stopped fitting; the writer's thread compiles nothing."""
     shared = compiled_step(demo.model, demo.device, demo.ops, inductor_dir)
-    step = CompiledStep(demo.model, demo.device, "on", inductor_dir, demo.ops)
+    step = GPT2Step(demo.model, demo.device, "on", inductor_dir, demo.ops)
     step._step, step.state = shared._step, "compiled"  # the same graph, in a step of its own to spoil
     ids = demo.tokenizer.encode(PROMPT)
     usual = StaticRunner(demo.model, demo.device, step, demo.ops)
@@ -182,7 +235,7 @@ def test_caches_laid_out_otherwise_fall_back_too_without_compiling(demo, inducto
     """The same shape and dtype, positions outermost in memory: a graph for these strides would compile (where the
     float64 one above fails to), so this is where compiling on the writer's thread would show as a new graph."""
     shared = compiled_step(demo.model, demo.device, demo.ops, inductor_dir)
-    step = CompiledStep(demo.model, demo.device, "on", inductor_dir, demo.ops)
+    step = GPT2Step(demo.model, demo.device, "on", inductor_dir, demo.ops)
     step._step, step.state = shared._step, "compiled"
     ids = demo.tokenizer.encode(PROMPT)
     odd = StaticRunner(demo.model, demo.device, step, demo.ops)
@@ -201,10 +254,10 @@ def test_caches_laid_out_otherwise_fall_back_too_without_compiling(demo, inducto
 COMPILE_IN_A_FRESH_PROCESS = """
 import json, sys, torch
 torch.set_num_threads(2)  # as conftest
-from korepl.compiled import CompiledStep
+from korepl.compiled import for_model
 from korepl.loading import load_model
 loaded = load_model(sys.argv[1], "cpu")
-step = CompiledStep(loaded.model, loaded.device, "on", sys.argv[2], loaded.ops)
+step = for_model(loaded.model, loaded.device, "on", sys.argv[2], loaded.ops)
 step.compile_now()
 counters = torch._dynamo.utils.counters["inductor"]
 print(json.dumps({"state": step.state, "hits": counters["fxgraph_cache_hit"], "misses": counters["fxgraph_cache_miss"]}))

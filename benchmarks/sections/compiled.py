@@ -23,7 +23,7 @@ from benchmarks.sections.paths import load_path, path_products
 from benchmarks.timing import interleaved
 from benchmarks.workload import context_text, greedy_settings, prefilled_session
 from korepl import precision
-from korepl.compiled import CompiledStep, unsupported
+from korepl.compiled import CompiledStep, for_model
 from korepl.loading import LoadedModel
 
 COMPILE_TIME_PATH = "float32"  # the one path whose compile is timed cold and warm, to keep the run short
@@ -76,7 +76,7 @@ def compile_child(folder: str, device: str, path: str, cache_dir: str) -> None:
     from korepl.loading import load_model
 
     loaded = load_model(folder, device, path)
-    step = CompiledStep(loaded.model, loaded.device, "on", Path(cache_dir), loaded.ops)
+    step = for_model(loaded.model, loaded.device, "on", Path(cache_dir), loaded.ops)
     seconds, race = timed_compile(step)
     print(json.dumps({"seconds": seconds, "race_s": race, "state": step.state, "note": step.note}))
 
@@ -95,10 +95,11 @@ def measure_compile_time(bench: Bench, cache_dir: Path) -> CompileTime:
 
 def time_path(bench: Bench, loaded: LoadedModel, context: str, cache_dir: Path) -> CompiledPath:
     plan, tokens = bench.plan, bench.plan.step_tokens
-    why_not = unsupported(loaded.model, loaded.device)
-    step, compile_s = None, None
-    if not why_not:
-        step = CompiledStep(loaded.model, loaded.device, "on", cache_dir, loaded.ops)
+    step, compile_s = for_model(loaded.model, loaded.device, "on", cache_dir, loaded.ops), None
+    why_not = step.unsupported()
+    if why_not:
+        step = None
+    else:
         compile_s, _ = timed_compile(step)
         if not step.ready:
             raise RuntimeError(f"the {loaded.precision} step did not compile: {step.describe()}")
@@ -139,7 +140,7 @@ def time_path(bench: Bench, loaded: LoadedModel, context: str, cache_dir: Path) 
 def measure(bench: Bench) -> Compiled | Skipped:
     """Compile time first (its children fill the inductor folder that this process's float32 compile then reads)."""
     plan = bench.plan
-    if why_not := unsupported(bench.loaded.model, bench.device):
+    if why_not := for_model(bench.loaded.model, bench.device, "on").unsupported():
         return Skipped(f"the compiled step cannot run here: {why_not}")
     int8 = bench.device.type == "cpu" and precision.int8_unavailable() is None
     paths = [p for p in plan.compiled_paths if p != "int8" or int8]
