@@ -20,7 +20,7 @@ BENCH = REPO / "benchmarks" / "bench.py"
 
 # Every section, in the order it runs; each must either leave results or say why it was skipped.
 SECTIONS = ("decoding", "floor", "step", "bandwidth", "paths", "ctranslate2", "ttft", "slide_and_load", "profile",
-            "compiled", "memory", "startup", "remote")
+            "compiled", "hf_static", "memory", "startup", "remote")
 MAY_SKIP = {"ctranslate2": "not installed",  # an optional extra; its reason must say so
             "remote": "no llama-server"}  # scripts/llama_server.py cannot build it here
 NO_ROWS = {"profile"}  # prints a table of its own
@@ -74,6 +74,10 @@ def check_results(data: dict) -> None:
                for run in compiled["by_path"].values())
     compile_time = compiled["compile_time"]
     assert compile_time["path"] == "float32" and positive(compile_time["cold_s"]) and positive(compile_time["warm_s"])
+    static = results["hf_static"]["by_precision"]
+    assert set(static) == {"float32"}  # the CPU's; a GPU adds float16 and bfloat16
+    assert static["float32"]["same_ids"] is True and static["float32"]["new_tokens"] == 16
+    assert all(positive(static["float32"][k]) for k in ("static_tok_s", "korepl_vs_static", "first_call_s"))
     memory = results["memory"]
     assert memory["peak_rss"] >= memory["after_load_rss"] >= memory["imports_rss"] > 0 and memory["weights_bytes"] > 0
     assert all(positive(results["startup"][f"{k}_s"]) for k in ("python_bare", "import_cli", "import_cli_and_repl",
