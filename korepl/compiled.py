@@ -225,9 +225,9 @@ class HubStep(CompiledStep):
         if not cache.is_initialized:  # the first forward lays the cache out: eager, as every prefill
             return _last_logits(self._model, input_ids, cache)
         try:
-            if self._device.type == "cuda":  # the previous replay's outputs may be overwritten: the context copied them
+            if self._device.type == "cuda":  # a new step: the last replay's output buffers may be reused
                 torch.compiler.cudagraph_mark_step_begin()
-            return _last_logits(self._step, input_ids, cache).clone()
+            return _last_logits(self._step, input_ids, cache).clone()  # kept by the context beyond the next replay
         except Exception as exc:  # a guard failed (no compiling here), or CUDA graphs refused: eager from now on
             self._stop_using(exc)
             runner.crop(runner.cached_len)

@@ -54,8 +54,8 @@ class LoadedModel:
     device: torch.device
     precision: str = "float32"  # float32, float16, bfloat16 or int8
     precision_note: str = "asked for"  # why: asked for, or what `auto` measured
-    layout: str = "in_out"  # GPT-2's products: "in_out" (its Conv1D, addmm) or "out_in" (nn.Linear), the faster here
-    layout_note: str = "the model's own"  # why: what precision.fast_layout measured
+    layout: str = "in_out"  # GPT-2's products: "in_out" (Conv1D, addmm), "out_in" (nn.Linear), or each shape's
+    layout_note: str = "the model's own"  # why: what precision.fast_layouts measured
     attention: str = ""  # GPT-2's cache and attention precision where not the weights' ("" = theirs)
     attention_note: str = "the weights' own"  # why: what precision.fast_attention measured
     prefill: str = ""  # the precision of a prefill's products where not the weights' ("" = theirs)
@@ -145,13 +145,15 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
     layout, layout_note, attention, attention_note = "in_out", "the model's own", "", "the weights' own"
     prefill, prefill_note = "", "the weights' own"
     if chosen == "int8" or _has_conv1d(model):
-        layout, layout_note = precision.fast_layout(chosen, target, config.hidden_size,
-                                                    paths.state_dir() / "precision.json")
-        if layout == "out_in":
-            precision.to_linear(model)
+        layouts, layout_note = precision.fast_layouts(chosen, target, precision.matrix_shapes(model),
+                                                      paths.state_dir() / "precision.json")
+        if chosen != "int8":  # int8's layers are all nn.Linear already
+            precision.arrange(model, layouts)
+        layout = "out_in" if chosen == "int8" else precision.layout_summary(layouts)
         attention, attention_note = precision.fast_attention(
             chosen, target, config.n_head, config.n_embd // config.n_head, paths.state_dir() / "precision.json")
-        prefill, prefill_note = precision.fast_prefill(chosen, target, config.n_embd, layout,
+        prefill, prefill_note = precision.fast_prefill(chosen, target, config.n_embd,
+                                                      layouts.get((config.n_embd, 4 * config.n_embd), "out_in"),
                                                       paths.state_dir() / "precision.json")
     name = str(local.resolve()) if local.is_dir() else source  # a folder by its full path: saved sessions find it
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, device=target, precision=chosen,

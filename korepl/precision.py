@@ -39,8 +39,42 @@ def apply(model, path: str):
 
 def to_linear(model):
     """Every GPT-2 Conv1D ([in, out] weights, run as addmm) as an nn.Linear ([out, in], run as F.linear) over the
-    same weights: the model's forward is unchanged, and on some CPUs it is many times faster (see fast_layout)."""
-    _replace_conv1d(model, lambda linear: linear)
+    same weights: the model's forward is unchanged, and on some CPUs it is many times faster (see fast_layouts)."""
+    return arrange(model, {})
+
+
+def matrix_shapes(model) -> dict[tuple[int, int], str]:
+    """{(in, out): its own layout} of every matrix one token multiplies: GPT-2's Conv1D layers ("in_out") and the
+    output projection ("out_in", an nn.Linear)."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    shapes = {tuple(m.weight.shape): "in_out" for m in model.modules() if isinstance(m, Conv1D)}
+    head = model.get_output_embeddings()
+    if type(head) is nn.Linear:
+        shapes[(head.in_features, head.out_features)] = "out_in"
+    return shapes
+
+
+def arrange(model, layouts: dict[tuple[int, int], str]):
+    """Each matrix in the layout `layouts` gives its (in, out) shape: "out_in" (nn.Linear, F.linear) or "in_out"
+    (Conv1D, addmm); a shape it leaves out goes out_in.  A Conv1D turned nn.Linear keeps the same numbers in one
+    copy; an output projection turned Conv1D gets a copy of its own (it shares the input embedding's weights, which
+    keep their [vocab, width] rows for the lookups).  Returns the model."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    _replace_conv1d(model, lambda linear: linear,
+                    keep=lambda conv: layouts.get(tuple(conv.weight.shape)) == "in_out")
+    head = model.get_output_embeddings()
+    if type(head) is nn.Linear and layouts.get((head.in_features, head.out_features)) == "in_out":
+        weight = head.weight.detach()
+        turned = Conv1D(head.out_features, head.in_features).to(device="meta")
+        del turned.weight, turned.bias
+        # Buffers, not parameters: a copy of weights the model already counts (the embedding's).
+        turned.register_buffer("weight", weight.t().contiguous())
+        turned.register_buffer("bias", head.bias.detach() if head.bias is not None else weight.new_zeros(weight.shape[0]))
+        model.set_output_embeddings(turned)
     return model
 
 
@@ -63,14 +97,15 @@ def to_int8(model):
     return model
 
 
-def _replace_conv1d(model, make, also: type | None = None) -> None:
-    """Each Conv1D child (and each child of exactly type `also`) replaced by make(an nn.Linear over its weights)."""
+def _replace_conv1d(model, make, also: type | None = None, keep=lambda conv: False) -> None:
+    """Each Conv1D child but those `keep` names (and each child of exactly type `also`) replaced by make(an
+    nn.Linear over its weights)."""
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, Conv1D):  # weight [in, out] -> nn.Linear's [out, in]
+            if isinstance(child, Conv1D) and not keep(child):  # weight [in, out] -> nn.Linear's [out, in]
                 weight = child.weight.detach()
                 linear = nn.Linear(weight.shape[0], weight.shape[1], device="meta")
                 linear.weight = nn.Parameter(weight.t().contiguous(), requires_grad=False)
@@ -328,9 +363,9 @@ def _step_runners(shape: StepShape, cache: Path | None) -> dict:
         model = base if path == "float32" else copy.deepcopy(base)
         if path != "float32":
             apply(model, path)
-        # As load_model puts it: the faster layout and attention precision, the verdicts it will then find remembered.
-        if fast_layout(path, cpu, shape.width, cache)[0] == "out_in":
-            to_linear(model)
+        # As load_model puts it: the faster layouts and attention precision, the verdicts it will then find remembered.
+        if path != "int8":
+            arrange(model, fast_layouts(path, cpu, matrix_shapes(model), cache)[0])
         attention = fast_attention(path, cpu, shape.heads, shape.width // shape.heads, cache)[0]
         ops = OpPrecision(attention=getattr(torch, attention))  # as LoadedModel.ops
         step = StaticRunner(model, cpu, ops=ops)
@@ -357,31 +392,55 @@ def _flush_bytes() -> int:
     return min(2 * size, 512 << 20)
 
 
-def fast_layout(path: str, device, hidden: int, cache: Path | None) -> tuple[str, str]:
-    """("in_out" or "out_in", why): the weight layout whose product is faster for `path` on `device`.
+def fast_layouts(path: str, device, shapes: dict[tuple[int, int], str],
+                 cache: Path | None) -> tuple[dict[tuple[int, int], str], str]:
+    """({(in, out): "in_out" or "out_in"}, why): for each matrix shape, the weight layout whose one-token product is
+    faster for `path` on `device` (see arrange).
 
-    GPT-2 keeps its weights [in, out] and runs addmm; F.linear runs [out, in].  The same numbers, but not the same
-    kernels: on one AMD EPYC a float16 addmm took 24x as long as F.linear over the same weights.  int8 is always
-    [out, in].
+    GPT-2 keeps its blocks' weights [in, out] and runs addmm; F.linear runs [out, in].  The same numbers, but not the
+    same kernels, and which is faster depends on the precision, the shape and the CPU: on one AMD EPYC a float16
+    addmm took 24x as long as F.linear, while in float32 the [in, out] product was 1.6x as fast for the output
+    projection (768 to 51,200) and 1.3x as slow for 3,072 to 768.  `shapes` gives each shape's own layout (see
+    matrix_shapes); another is taken only where it is 5% faster.  int8 is always [out, in].
     """
     if path == "int8":
-        return "out_in", "int8 runs nn.Linear"
-    return _remembered(f"layout | {device_name(device)} | torch {_torch_version()} | {path} | {hidden}", cache,
-                       lambda: measure_layouts(path, device, hidden), lambda ms: min(ms, key=ms.get),
-                       ("in_out", "out_in"))
+        return {shape: "out_in" for shape in shapes}, "int8 runs nn.Linear"
+    layouts, whys = {}, []
+    for (fan_in, fan_out), own in sorted(shapes.items()):
+        other = "in_out" if own == "out_in" else "out_in"
+        layout, why = _remembered(
+            f"layout | {device_name(device)} | torch {_torch_version()} | {path} | {fan_in}x{fan_out}", cache,
+            lambda: measure_layouts(path, device, fan_in, fan_out),
+            lambda ms: other if ms[other] < 0.95 * ms[own] else own, ("in_out", "out_in"))
+        layouts[(fan_in, fan_out)] = layout
+        whys.append(f"{fan_in}x{fan_out} {layout}: {why}")
+    return layouts, "; ".join(whys)
 
 
-def measure_layouts(path: str, device, hidden: int, rounds: int = 25) -> dict[str, float]:
-    """Milliseconds for one token through an MLP-sized product in each layout."""
+def layout_summary(layouts: dict[tuple[int, int], str]) -> str:
+    """"out_in", "in_out", or each shape's where they differ (what /settings and the benchmark show)."""
+    kinds = set(layouts.values())
+    if len(kinds) == 1:
+        return kinds.pop()
+    return ", ".join(f"{i}x{o} {layout}" for (i, o), layout in sorted(layouts.items()))
+
+
+def measure_layouts(path: str, device, fan_in: int, fan_out: int, rounds: int = 15) -> dict[str, float]:
+    """Milliseconds for one token through an [in, out] product in each layout, its weights read from memory.
+
+    A single matrix can sit in the CPU's last-level cache between calls, where a model's stream from memory each
+    step (the layers before evict it): the cache is flushed before each timed call, as measure_step does.
+    """
     import torch
     import torch.nn.functional as F
 
     dtype = getattr(torch, path)
-    weight = torch.randn(hidden, 4 * hidden, dtype=dtype, device=device) / hidden ** 0.5
-    bias, x = torch.zeros(4 * hidden, dtype=dtype, device=device), torch.randn(1, hidden, dtype=dtype, device=device)
+    weight = (torch.randn(fan_in, fan_out, device=device) / fan_in ** 0.5).to(dtype)
+    bias, x = torch.zeros(fan_out, dtype=dtype, device=device), torch.randn(1, fan_in, device=device).to(dtype)
     transposed = weight.t().contiguous()
+    flush = torch.zeros(_flush_bytes() // 4) if device.type == "cpu" else None
     return _best_of({"in_out": lambda: torch.addmm(bias, x, weight), "out_in": lambda: F.linear(x, transposed, bias)},
-                    device, rounds)
+                    device, rounds, exclude=flush.sum if flush is not None else None)
 
 
 def fast_attention(path: str, device, heads: int, head_dim: int, cache: Path | None) -> tuple[str, str]:
@@ -464,15 +523,18 @@ def _remembered(key: str, cache: Path | None, measure, choose, allowed: tuple[st
     return choice, f"measured now ({summary})"
 
 
-def _best_of(runs: dict, device, rounds: int) -> dict[str, float]:
+def _best_of(runs: dict, device, rounds: int, exclude=None) -> dict[str, float]:
     """Milliseconds of each run, the best of `rounds` after a warm-up round (first calls may pack weights), the
-    runs taking turns so that other work on the machine slows them alike."""
+    runs taking turns so that other work on the machine slows them alike.  `exclude`: an untimed call before each
+    timed one (flushing the cache)."""
     import torch
 
     best = dict.fromkeys(runs, float("inf"))
     with torch.inference_mode():
         for _ in range(rounds + 1):
             for name, run in runs.items():
+                if exclude is not None:
+                    exclude()
                 started = time.perf_counter()
                 run()
                 if device.type == "cuda":

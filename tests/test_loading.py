@@ -31,7 +31,7 @@ def test_kogpt2_shape(kogpt2_shaped):
     assert tuple(model.transformer.wte.weight.shape) == (51_200, 768)
     assert tuple(model.transformer.wpe.weight.shape) == (1024, 768)
     assert kogpt2_shaped.window == 1024
-    assert len(tokenizer) == model.get_output_embeddings().weight.shape[0]
+    assert len(tokenizer) == model.config.vocab_size == model.get_output_embeddings().weight.numel() // 768
     assert tokenizer.convert_ids_to_tokens(51_199) == "<filler51199>"
     assert set(tokenizer.get_added_vocab()) == set(KOGPT2_IDS) | {f"<unused{i}>" for i in range(100)}
 

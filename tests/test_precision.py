@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from korepl import precision
@@ -71,31 +72,59 @@ def test_lean_step_equals_the_models_forward_on_each_path(dtype, quantize, toler
             torch.testing.assert_close(lean.run(chunk), hub.run(chunk), atol=tolerance, rtol=tolerance)
 
 
-def test_the_out_in_layout_writes_what_generate_writes_on_the_models_own_layout(demo, new_session, hf_greedy):
-    """The faster layout is the same numbers: float32 greedy ids over nn.Linear equal generate's over Conv1D."""
+@pytest.mark.parametrize("turn", ["blocks out_in", "every matrix the other way"])
+def test_other_layouts_write_what_generate_writes_on_the_models_own(demo, new_session, hf_greedy, turn):
+    """The faster layouts are the same numbers: float32 greedy ids with the blocks as nn.Linear (and the output
+    projection as an [in, out] Conv1D of its own) equal generate's over the model as it was saved."""
     prompt = "대한민국의 모든 국민은"
-    expected = hf_greedy(demo, prompt, 40, repetition_penalty=2.0)  # demo keeps GPT-2's Conv1D
-    turned = load_model(str(DEMO_MODEL_DIR), "cpu")
-    precision.to_linear(turned.model)
-    assert not any(isinstance(m, Conv1D) for m in turned.model.modules())
+    saved = dataclasses.replace(demo, model=GPT2LMHeadModel.from_pretrained(DEMO_MODEL_DIR, dtype=torch.float32).eval())  # as saved
+    expected = hf_greedy(saved, prompt, 40, repetition_penalty=2.0)
+    turned = dataclasses.replace(demo, model=GPT2LMHeadModel.from_pretrained(DEMO_MODEL_DIR, dtype=torch.float32).eval())
+    shapes = precision.matrix_shapes(turned.model)
+    assert set(shapes.values()) == {"in_out", "out_in"}
+    head = turned.model.lm_head
+    if turn == "blocks out_in":
+        precision.to_linear(turned.model)
+        assert turned.model.lm_head is head
+    else:
+        precision.arrange(turned.model, {shape: "out_in" if own == "in_out" else "in_out" for shape, own in shapes.items()})
+        assert isinstance(turned.model.lm_head, Conv1D) and turned.model.lm_head.weight.shape == head.weight.t().shape
+        assert turned.model.transformer.wte.weight is head.weight  # the embedding keeps its rows
+        assert sum(isinstance(m, Conv1D) for m in turned.model.modules()) == 1
+    assert not any(isinstance(m, Conv1D) for m in turned.model.transformer.modules())
     session = new_session(turned, greedy=True, max_new_tokens=40, stop=())
     session.feed(prompt)
     list(session.generate())
     assert session.ids[len(demo.tokenizer.encode(prompt)):] == expected
     ids = torch.tensor([session.ids])
     with torch.inference_mode():
-        torch.testing.assert_close(turned.model(ids).logits, demo.model(ids).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(turned.model(ids).logits, saved.model(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_the_layout_verdict_is_measured_once_per_precision_then_remembered(tmp_path):
+def test_the_layout_verdicts_are_measured_once_per_precision_and_shape_then_remembered(tmp_path):
     cache, cpu = tmp_path / "precision.json", torch.device("cpu")
-    layout, why = precision.fast_layout("float16", cpu, 64, cache)
-    assert layout in ("in_out", "out_in") and why.startswith("measured now (in_out ")
-    again, why_again = precision.fast_layout("float16", cpu, 64, cache)
-    assert (again, why_again.startswith("measured before")) == (layout, True)
-    assert precision.fast_layout("bfloat16", cpu, 64, cache)[1].startswith("measured now")  # its own verdict
-    assert precision.fast_layout("int8", cpu, 64, cache)[0] == "out_in"
-    assert len(json.loads(cache.read_text())) == 2
+    shapes = {(64, 256): "in_out", (256, 64): "in_out", (64, 4000): "out_in"}
+    layouts, why = precision.fast_layouts("float16", cpu, shapes, cache)
+    assert set(layouts) == set(shapes) and set(layouts.values()) <= {"in_out", "out_in"}
+    assert why.count("measured now (in_out ") == 3 and "64x4000 " in why
+    again, why_again = precision.fast_layouts("float16", cpu, shapes, cache)
+    assert again == layouts and why_again.count("measured before") == 3
+    assert "measured now" in precision.fast_layouts("bfloat16", cpu, {(64, 256): "in_out"}, cache)[1]  # its own
+    assert precision.fast_layouts("int8", cpu, shapes, cache)[0] == dict.fromkeys(shapes, "out_in")
+    assert len(json.loads(cache.read_text())) == 4
+    assert precision.layout_summary({(1, 2): "out_in", (2, 1): "out_in"}) == "out_in"
+    assert precision.layout_summary({(2, 1): "out_in", (1, 2): "in_out"}) == "1x2 in_out, 2x1 out_in"
+
+
+def test_a_layout_other_than_the_matrix_own_must_be_five_percent_faster(tmp_path, monkeypatch):
+    timings = {"in_out": 1.0, "out_in": 0.97}
+    monkeypatch.setattr(precision, "measure_layouts", lambda *_: dict(timings))
+    cache, cpu = tmp_path / "precision.json", torch.device("cpu")
+    assert precision.fast_layouts("float32", cpu, {(8, 16): "in_out"}, cache)[0] == {(8, 16): "in_out"}
+    timings["out_in"] = 0.94
+    assert precision.fast_layouts("float32", cpu, {(16, 8): "in_out"}, cache)[0] == {(16, 8): "out_in"}
+    timings.update(in_out=0.97, out_in=1.0)
+    assert precision.fast_layouts("float32", cpu, {(8, 800): "out_in"}, cache)[0] == {(8, 800): "out_in"}
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

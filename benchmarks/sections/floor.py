@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from transformers.pytorch_utils import Conv1D
 
 from benchmarks.plan import Bench
 from benchmarks.registry import Result, Row, Section
@@ -19,7 +20,7 @@ class Floor(Result):
     timing: str
     in_out_x_at_W_s: float
     out_in_F_linear_s: float
-    as_stored_s: float  # blocks [in, out] as Conv1D keeps them, lm_head [out, in] as nn.Linear does
+    as_stored_s: float  # each kind of matrix in the layout the loaded model keeps (korepl.precision.arrange)
     in_out_by_kind_s: dict[str, float]
     out_in_by_kind_s: dict[str, float]
     weight_bytes_per_token: int
@@ -59,13 +60,26 @@ class Bandwidth(Result):
 
 
 def weight_matrices(model) -> list[tuple[str, torch.Tensor]]:
-    """Every matrix one token multiplies, in Conv1D's [in, out] layout, in the order a step reads them."""
+    """Every matrix one token multiplies, as [in, out] (Conv1D's layout), in the order a step reads them."""
     matrices = []
     for block in model.transformer.h:
-        matrices += [("c_attn", block.attn.c_attn.weight), ("attn c_proj", block.attn.c_proj.weight),
-                     ("c_fc", block.mlp.c_fc.weight), ("mlp c_proj", block.mlp.c_proj.weight)]
-    matrices.append(("lm_head", model.lm_head.weight.t()))  # nn.Linear keeps [out, in]
+        matrices += [("c_attn", in_out(block.attn.c_attn)), ("attn c_proj", in_out(block.attn.c_proj)),
+                     ("c_fc", in_out(block.mlp.c_fc)), ("mlp c_proj", in_out(block.mlp.c_proj))]
+    matrices.append(("lm_head", in_out(model.lm_head)))
     return matrices
+
+
+def in_out(module) -> torch.Tensor:
+    """A layer's weights as [in, out], whichever layout it keeps them in (korepl.precision.arrange)."""
+    return module.weight if isinstance(module, Conv1D) else module.weight.t()
+
+
+def stored_in_out(model) -> dict[str, bool]:
+    """Per kind of matrix, whether the model keeps it [in, out]."""
+    block = model.transformer.h[0]
+    modules = {"c_attn": block.attn.c_attn, "attn c_proj": block.attn.c_proj, "c_fc": block.mlp.c_fc,
+               "mlp c_proj": block.mlp.c_proj, "lm_head": model.lm_head}
+    return {kind: isinstance(module, Conv1D) for kind, module in modules.items()}
 
 
 def time_products(products: list[tuple[str, Callable, torch.Tensor, torch.Tensor]], repeats: int,
@@ -93,7 +107,8 @@ def measure_floor(bench: Bench) -> Floor:
         in_out_s, in_out_kind = time_products(in_out, repeats, device)
         out_in_s, out_in_kind = time_products(out_in, repeats, device)
     del in_out, out_in
-    stored_s = sum(v for k, v in in_out_kind.items() if k != "lm_head") + out_in_kind["lm_head"]
+    stored = stored_in_out(model)
+    stored_s = sum(in_out_kind[k] if stored[k] else out_in_kind[k] for k in in_out_kind)
     # every matrix, and one row each of wte and wpe
     weight_bytes = sum(w.numel() * w.element_size() for _, w in matrices) + 2 * model.config.n_embd * 4
     return Floor(timing=f"best of {repeats} passes over all matrices after a warm-up pass", in_out_x_at_W_s=in_out_s,
@@ -108,7 +123,7 @@ def floor_rows(floor: Floor) -> list[Row]:
                 f"{in_out_s / out_in_s:.2f}× the [out,in] time"),
             Row("floor: all matrix–vector products, [out,in] layout (F.linear)", f"{out_in_s * 1e3:.2f} ms",
                 f"faster layout: {faster}"),
-            Row("floor: as the model stores them (blocks [in,out], lm_head [out,in])",
+            Row("floor: as the loaded model keeps them (each shape's faster layout, as measured at load)",
                 f"{floor.as_stored_s * 1e3:.2f} ms"),
             Row("weights read per token (fp32 matrices + embedding rows)",
                 f"{floor.weight_bytes_per_token / 2**20:.1f} MiB")]
