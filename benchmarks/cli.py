@@ -42,12 +42,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="where the benchmark model is built once and reused (default under the temp folder)")
+    parser.add_argument("--sections", default=None, metavar="NAME,...",
+                        help="only these sections, and those they need (default: all)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
+    try:
+        sections = registry.chosen(SECTIONS, args.sections.split(",")) if args.sections else SECTIONS
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     report.progress(f"korepl benchmark ({plan.name}): {plan.n_layer} layers, {plan.n_embd} wide, vocabulary "
                     f"{KOGPT2_VOCAB}, window {loaded.window}; model folder {folder}")
 
-    outcomes = registry.run(SECTIONS, Bench(plan, folder, loaded, args.threads), report.announce)
+    outcomes = registry.run(sections, Bench(plan, folder, loaded, args.threads), report.announce)
 
     machine = machine.ended()
     elapsed = time.perf_counter() - started

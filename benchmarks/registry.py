@@ -73,6 +73,25 @@ def check_order(sections: Sequence[Section]) -> None:
         seen.add(section.name)
 
 
+def chosen(sections: Sequence[Section], names: Sequence[str]) -> tuple[Section, ...]:
+    """The sections `names` names and those they need (and so on), in the list's order."""
+    by_name = {section.name: section for section in sections}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(f"no section {', '.join(map(repr, unknown))}; the sections: {', '.join(by_name)}")
+    wanted: set[str] = set()
+
+    def want(name: str) -> None:
+        if name not in wanted:
+            wanted.add(name)
+            for need in by_name[name].needs:
+                want(need)
+
+    for name in names:
+        want(name)
+    return tuple(section for section in sections if section.name in wanted)
+
+
 def run(sections: Sequence[Section], bench: Bench, done: Callable[[Outcome], None] = lambda _: None) -> list[Outcome]:
     """Run `sections` in their order; `done` hears of each as it finishes.  A section whose need was skipped is too."""
     check_order(sections)

@@ -28,6 +28,16 @@ def greedy_settings(max_new_tokens: int) -> Settings:
                                ban=(), min_new_tokens=0, mode="write")
 
 
+def stock(loaded: LoadedModel, folder, dtype: str = "float32") -> LoadedModel:
+    """The baseline's model: the saved folder as transformers itself loads it (GPT-2's own layers and layouts, none of
+    korepl's arrangements), on the same device and tokenizer, for `generate`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).to(loaded.device).eval()
+    return dataclasses.replace(loaded, model=model.requires_grad_(False), precision=dtype, compiled=None)
+
+
 def context_text(loaded: LoadedModel, tokens: int) -> str:
     """Prose that korepl encodes to exactly `tokens` tokens."""
     return text_with_tokens(Session(loaded, greedy_settings(1)).encode, tokens)

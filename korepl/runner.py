@@ -256,6 +256,6 @@ class RemoteRunner:
 
 
 def make_runner(model, device: torch.device, compiled=None, ops: OpPrecision = OpPrecision()) -> StaticRunner | HubRunner:
-    if StaticRunner.supports(model):
+    if StaticRunner.supports(model) and not getattr(compiled, "uses_static_cache", False):
         return StaticRunner(model, device, compiled, ops)
-    return HubRunner(model, device, compiled)
+    return HubRunner(model, device, compiled)  # any other model, or a GPT-2 whose forward is compiled (a benchmark's)

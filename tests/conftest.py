@@ -135,7 +135,7 @@ LLAMA_BUILD_SCRIPT = REPO / "scripts" / "llama_server.py"
 def full_forward_logits(loaded, ids: list[int]) -> torch.Tensor:
     """The reference for every cache check: one plain forward pass over `ids`, no cache."""
     with torch.inference_mode():
-        return loaded.model(torch.tensor([ids])).logits[0, -1].float()
+        return loaded.model(torch.tensor([ids], device=loaded.device)).logits[0, -1].float()
 
 
 # --- a real llama.cpp server -----------------------------------------------------------------------

@@ -170,3 +170,16 @@ def test_python_m_benchmarks_answers_help():
     result = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 0 and "--quick" in result.stdout, result.stderr[-2000:]
+
+
+def test_sections_chosen_by_name_bring_what_they_need_in_order():
+    from benchmarks.registry import chosen
+    from benchmarks.sections import SECTIONS as ALL
+
+    assert [s.name for s in chosen(ALL, ["paths"])] == ["decoding", "floor", "step", "paths"]
+    assert [s.name for s in chosen(ALL, ["hf_static", "decoding"])] == ["decoding", "hf_static"]
+    with pytest.raises(ValueError, match="no section 'speed'"):
+        chosen(ALL, ["speed"])
+    done = subprocess.run([sys.executable, str(BENCH), "--sections", "speed"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and done.stderr.startswith("bench: no section 'speed'") and not done.stdout

@@ -327,3 +327,33 @@ def test_leaving_while_it_compiles_saves_and_exits_cleanly(tmp_path):
     term.child.expect(pexpect.EOF, timeout=30)
     term.child.close()
     assert term.child.exitstatus == 0 and "terminate called" not in term.child.before  # not aborted by the compiler
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA here (scripts/gpu_check.sh runs it on a GPU)")
+def test_on_a_gpu_another_models_forward_replays_as_cuda_graphs(demo, new_session, hf_greedy, inductor_dir):
+    """The same checks as on the CPU above, on CUDA graphs: a static cache from the start, the graph recorded on
+    the compiling thread and replayed from this one, ids equal to generate's, nothing compiled again."""
+    llama = tiny_llama(len(demo.tokenizer)).cuda()
+    loaded = dataclasses.replace(demo, model=llama, name="tiny-llama", device=torch.device("cuda"))
+    step = for_model(llama, loaded.device, "on", inductor_dir, window=loaded.window)
+    assert step.uses_static_cache
+    step.start()
+    session = new_session(dataclasses.replace(loaded, compiled=step), greedy=True, repetition_penalty=2.0,
+                          max_new_tokens=24, stop=())
+    session.feed(PROMPT)
+    drain(session)  # on the eager step over the static cache while it compiles
+    deadline = time.monotonic() + 300
+    while step.state in ("waiting", "compiling") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert step.state == "compiled", step.describe()
+    expected = hf_greedy(loaded, PROMPT, 48, repetition_penalty=2.0)
+    calls = counting(step)
+    try:
+        drain(session)
+        assert session.ids[len(demo.tokenizer.encode(PROMPT)):] == expected and calls["n"] == 24
+        session.context.truncate(len(session.ids) - 7)
+        torch.testing.assert_close(session.next_logits(), full_forward_logits(loaded, session.ids), rtol=1e-3,
+                                   atol=1e-3)
+    finally:
+        calls["undo"]()
+    assert step.state == "compiled", step.describe()

@@ -12,7 +12,7 @@ from benchmarks.fixtures import hf_reference
 from benchmarks.plan import Bench
 from benchmarks.registry import Result, Row, Section
 from benchmarks.timing import interleaved
-from benchmarks.workload import PROMPT, REPETITION_PENALTY, greedy_settings, korepl_continue, korepl_task
+from benchmarks.workload import PROMPT, REPETITION_PENALTY, greedy_settings, korepl_continue, korepl_task, stock
 from korepl.session import Session
 
 
@@ -64,9 +64,10 @@ def study_continue(model, prompt_ids: list[int], new_tokens: int, device: torch.
 def measure(bench: Bench) -> Decoding:
     loaded, plan, device = bench.loaded, bench.plan, bench.device
     prompt_ids = Session(loaded, greedy_settings(1)).encode(PROMPT)
+    baseline = stock(loaded, bench.folder)  # generate on the model as transformers loads it
 
     def generate(n: int) -> list[int]:
-        return hf_reference(loaded, prompt_ids, n, repetition_penalty=REPETITION_PENALTY)
+        return hf_reference(baseline, prompt_ids, n, repetition_penalty=REPETITION_PENALTY)
 
     korepl_continue(loaded, PROMPT, 8)  # warm-ups: the first calls load code and size buffers
     generate(8)
@@ -85,8 +86,8 @@ def measure(bench: Bench) -> Decoding:
             same_ids_as_generate=korepl_ids == hf_ids, korepl_new_tokens=len(korepl_ids),
             generate_new_tokens=len(hf_ids), korepl_times_s=k_times, generate_times_s=h_times)
     n = plan.study_tokens
-    study_continue(loaded.model, prompt_ids, 2, device)
-    timed = interleaved({"study": lambda: study_continue(loaded.model, prompt_ids, n, device),
+    study_continue(baseline.model, prompt_ids, 2, device)
+    timed = interleaved({"study": lambda: study_continue(baseline.model, prompt_ids, n, device),
                          "korepl": korepl_task(loaded, PROMPT, n)}, 1, device, warmup=False)
     (s_best, s_times, _), (k_best, _, _) = timed["study"], timed["korepl"]
     s_rate, k_rate = n / s_best, n / k_best

@@ -12,7 +12,7 @@ from benchmarks.plan import Bench
 from benchmarks.registry import Result, Row, Section
 from benchmarks.sections.paths import load_path
 from benchmarks.timing import interleaved
-from benchmarks.workload import PROMPT, REPETITION_PENALTY, greedy_settings, korepl_task
+from benchmarks.workload import PROMPT, REPETITION_PENALTY, greedy_settings, korepl_task, stock
 from korepl.session import Session
 
 
@@ -51,15 +51,16 @@ def measure(bench: Bench) -> HfStatic:
     runs = {}
     for precision in precisions:
         loaded = load_path(bench, precision)
+        baseline = stock(loaded, bench.folder, precision)  # transformers' own model, its own layouts
         prompt_ids = Session(loaded, greedy_settings(1)).encode(PROMPT)
         config = compile_everywhere()
 
         def static() -> list[int]:
-            return hf_reference(loaded, prompt_ids, n, repetition_penalty=REPETITION_PENALTY,
+            return hf_reference(baseline, prompt_ids, n, repetition_penalty=REPETITION_PENALTY,
                                 cache_implementation="static", compile_config=config)
 
         def dynamic() -> list[int]:
-            return hf_reference(loaded, prompt_ids, n, repetition_penalty=REPETITION_PENALTY)
+            return hf_reference(baseline, prompt_ids, n, repetition_penalty=REPETITION_PENALTY)
 
         began = time.perf_counter()
         static()
@@ -70,10 +71,10 @@ def measure(bench: Bench) -> HfStatic:
                                                                             ("static", "generate", "korepl"))
         runs[precision] = StaticRun(
             new_tokens=n, timing=f"best of {repeats}, the three taking turns, after a warm-up", first_call_s=first_call,
-            static_tok_s=n / s_best, generate_tok_s=n / g_best, korepl_tok_s=n / k_best, korepl_vs_static=s_best / k_best,
-            static_vs_generate=g_best / s_best, same_ids=s_ids == g_ids == session.ids[len(prompt_ids):],
+            static_tok_s=n / s_best, generate_tok_s=n / g_best, korepl_tok_s=n / k_best,
+            korepl_vs_static=s_best / k_best, static_vs_generate=g_best / s_best, same_ids=s_ids == g_ids == session.ids[len(prompt_ids):],
             static_times_s=s_times)
-        del loaded
+        del loaded, baseline
     return HfStatic(runs)
 
 
