@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.simplefilter("ignore")
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # the baselines' from_pretrained
     started = time.perf_counter()
     folder = model.ensure_model((args.model_dir or model.default_folder(plan)).expanduser().resolve(), plan)
     try:

@@ -37,12 +37,6 @@ def apply(model, path: str):
     return model.to(getattr(torch, path))
 
 
-def to_linear(model):
-    """Every GPT-2 Conv1D ([in, out] weights, run as addmm) as an nn.Linear ([out, in], run as F.linear) over the
-    same weights: the model's forward is unchanged, and on some CPUs it is many times faster (see fast_layouts)."""
-    return arrange(model, {})
-
-
 def matrix_shapes(model) -> dict[tuple[int, int], str]:
     """{(in, out): its own layout} of every matrix one token multiplies: GPT-2's Conv1D layers ("in_out") and the
     output projection ("out_in", an nn.Linear)."""
@@ -68,8 +62,11 @@ def arrange(model, layouts: dict[tuple[int, int], str]):
                     keep=lambda conv: layouts.get(tuple(conv.weight.shape)) == "in_out")
     head = model.get_output_embeddings()
     if type(head) is nn.Linear and layouts.get((head.in_features, head.out_features)) == "in_out":
+        import torch
+
         weight = head.weight.detach()
-        turned = Conv1D(head.out_features, head.in_features).to(device="meta")
+        with torch.device("meta"):  # no initialisation of weights about to be replaced
+            turned = Conv1D(head.out_features, head.in_features)
         del turned.weight, turned.bias
         # Buffers, not parameters: a copy of weights the model already counts (the embedding's).
         turned.register_buffer("weight", weight.t().contiguous())
