@@ -18,7 +18,8 @@ import time
 import pexpect
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
 
 from benchmarks.fixtures import drain
 from conftest import REPO, compiled_step, full_forward_logits
@@ -126,6 +127,27 @@ def test_what_is_not_compiled_ends_eager_and_says_why(demo, inductor_dir):
     assert (sliding.state, sliding.ready) == ("eager", False) and "sliding windows" in sliding.note
     assert not sliding.uses_static_cache and for_model(llama, torch.device("cpu"), "on", window=64).uses_static_cache
     assert graphs() == before  # none of them compiled anything
+
+
+def test_another_kind_of_model_running_later_leaves_the_compiled_forward_in_use(demo, inductor_dir):
+    """transformers keeps a global registry of the model classes it has seen run; a graph guarded on its size was
+    voided the first time another kind of model ran in the process (found by the cache tests' order)."""
+    step = compiled_step(demo.model, demo.device, OpPrecision(), inductor_dir, hub=True)
+    runner = HubRunner(demo.model, demo.device, step)
+    ids = demo.tokenizer.encode(PROMPT)
+    runner.run(ids)
+    torch.manual_seed(3)
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2)).eval()
+    with torch.inference_mode():
+        qwen(torch.tensor([[1, 2, 3]]))  # a kind of model this process has not run before
+    calls = counting(step)
+    try:
+        got = runner.run([500])
+    finally:
+        calls["undo"]()
+    assert calls["n"] == 1 and step.state == "compiled", step.describe()
+    torch.testing.assert_close(got, full_forward_logits(demo, ids + [500]), rtol=1e-4, atol=1e-4)
 
 
 def tiny_llama(vocab_size: int = 64, seed: int = 5) -> LlamaForCausalLM:
