@@ -31,7 +31,7 @@ from korepl.settings import SettingError
 import conftest  # noqa: E402
 from conftest import LlamaServer, free_port  # noqa: E402
 from proxy import Plan, Proxy  # noqa: E402
-from test_repl_pty import PROMPT as SCREEN_PROMPT, Terminal  # noqa: E402
+from test_repl_pty import ANSI, PROMPT as SCREEN_PROMPT, Terminal  # noqa: E402
 
 PROMPT = "수강신청에서 원하는 강의를 신청하기 위해서는"
 SECRET = "korepl-test-secret-8c1f"
@@ -442,11 +442,13 @@ def test_ctrl_c_mid_stream_in_the_repl_then_retry_and_alt(llama, tmp_path):
         term.child.expect("헌법 제1조")  # the echo
         # The server has streamed enough to compare: 30 syllables (what is between may be terminal codes).
         term.child.expect(r"(?:[\uac00-\ud7a3][^\uac00-\ud7a3]{0,80}){30}")
-        time.sleep(0.3)
+        # At once: the server writes a whole window's request (~1000 tokens) in about 0.3 s here, and a Ctrl+C
+        # after it has finished finds nothing to cancel (a wait of 0.3 s made this check fail one CI run in a few).
         term.child.sendcontrol("c")
+        streamed = ANSI.sub("", term.child.after)  # the 30 syllables, then what came until the Ctrl+C
         out = term.until(SCREEN_PROMPT)
         assert "[stopped; what was written stays]" in out and "Traceback" not in out
-        shown_tail = re.sub(r"\s", "", out.split("[stopped")[0].replace("^C", ""))[-20:]
+        shown_tail = re.sub(r"\s", "", streamed + out.split("[stopped")[0].replace("^C", ""))[-20:]
         context = term.run("/context")
         count = int(re.search(r"(\d+) tokens in the text", context).group(1))
         assert 5 < count < 4096 and len(shown_tail) == 20
