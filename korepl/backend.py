@@ -17,7 +17,8 @@ import time
 from types import SimpleNamespace
 
 from korepl.errors import UserError
-from korepl.loading import LoadedModel, ModelUnavailable, _check_hub, _first_line, _paragraph, _quiet_transformers
+from korepl.loading import (LoadedModel, ModelUnavailable, _check_hub, _first_line, _paragraph, _quiet_transformers,
+                            positions)
 from korepl.remote import RemoteError, probe, shown
 
 API_KEY_COMMAND_TIMEOUT = 30.0
@@ -99,7 +100,7 @@ def load_remote(source: str, url: str, insecure: bool = False, api_key_command: 
                           f"the tokenizer of {source} has {len(tokenizer)}: they are not the same model; "
                           "give --model the model the server runs")
     limits = [n for n in (engine.context_length and engine.context_length - 1,  # the server needs room for one more
-                          getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None),
+                          positions(config),
                           tokenizer.model_max_length if tokenizer.model_max_length < 10**8 else None) if n]
     window = min(limits) if limits else 1024
     name = str(local.resolve()) if is_dir else source

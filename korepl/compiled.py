@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-from korepl.runner import OpPrecision, StaticRunner, one_token
+from korepl import precision
+from korepl.runner import OpPrecision, StaticRunner, crop_static, last_logits, one_token
 
 # Under `auto`, smaller models are not compiled: the compiled call's own fixed cost is about what it saves.
 # Decided by size, not by timing the step, so that a busy machine does not change the answer.
@@ -109,7 +110,9 @@ class CompiledStep:
             started, self.state = time.perf_counter(), "compiling"
             compiled, eager_tokens, compiled_tokens = self._compile()
             seconds = self.compile_seconds = time.perf_counter() - started
-            eager_ms, compiled_ms = _race(self._device, eager_tokens, compiled_tokens)
+            # Taking turns, the best of five after a warm-up round, as korepl.precision times its verdicts.
+            race = precision.best_of({"eager": eager_tokens, "compiled": compiled_tokens}, self._device, rounds=5)
+            eager_ms, compiled_ms = (race[name] / SCRATCH_TOKENS for name in ("eager", "compiled"))
         except Exception as exc:  # any failure of the compiler stack leaves the eager step serving
             self.state, self.note = "eager", f"compiling failed ({_first_line(exc)})"
             return
@@ -223,15 +226,15 @@ class HubStep(CompiledStep):
         """The last position's logits [vocab] after the one token `input_ids` ([1, 1]), writing the runner's cache."""
         cache = runner.cache
         if not cache.is_initialized:  # the first forward lays the cache out: eager, as every prefill
-            return _last_logits(self._model, input_ids, cache)
+            return last_logits(self._model, input_ids, cache)
         try:
             if self._device.type == "cuda":  # a new step: the last replay's output buffers may be reused
                 torch.compiler.cudagraph_mark_step_begin()
-            return _last_logits(self._step, input_ids, cache).clone()  # kept by the context beyond the next replay
+            return last_logits(self._step, input_ids, cache).clone()  # kept by the context beyond the next replay
         except Exception as exc:  # a guard failed (no compiling here), or CUDA graphs refused: eager from now on
             self._stop_using(exc)
             runner.crop(runner.cached_len)
-            return _last_logits(self._model, input_ids, cache)
+            return last_logits(self._model, input_ids, cache)
 
     def _compile(self):
         scratch = self.new_cache()
@@ -240,18 +243,18 @@ class HubStep(CompiledStep):
             options["triton.cudagraphs"] = True  # what mode="reduce-overhead" sets (mode and options exclude each other)
         compiling = torch.compile(self._model.forward, fullgraph=True, options=options)
         with torch.inference_mode():  # as HubRunner.run calls it
-            _last_logits(self._model, torch.arange(100, 100 + SCRATCH_TOKENS, device=self._device)[None], scratch)
+            last_logits(self._model, torch.arange(100, 100 + SCRATCH_TOKENS, device=self._device)[None], scratch)
             token = torch.tensor([[SCRATCH_TOKENS]], device=self._device)
             for _ in range(3):  # compiles; with CUDA graphs the later calls record and replay
                 crop_static(scratch, SCRATCH_TOKENS)
-                _last_logits(compiling, token, scratch)
+                last_logits(compiling, token, scratch)
         compiled = _strict(compiling)
 
         def tokens(chosen: Callable) -> Callable:
             def run() -> None:
                 crop_static(scratch, SCRATCH_TOKENS)
                 for _ in range(SCRATCH_TOKENS):
-                    _last_logits(chosen, token, scratch)
+                    last_logits(chosen, token, scratch)
             return run
 
         return compiled, tokens(self._model.forward), tokens(compiled)
@@ -261,34 +264,6 @@ def _without_registry_guards(guards) -> list[bool]:
     """Every guard but those on transformers' registry of the model classes it has seen run (output capturing): it
     grows when another kind of model first runs in the process, which would otherwise void this graph."""
     return ["_CAN_RECORD_REGISTRY" not in guard.name for guard in guards]
-
-
-def _last_logits(forward: Callable, input_ids: torch.Tensor, cache) -> torch.Tensor:
-    return forward(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-
-
-def crop_static(cache, length: int) -> None:
-    """A StaticCache cut back to `length` in place (its tensors keep their addresses, as CUDA graphs need): its
-    layers count what they hold in a tensor each, and after Ctrl+C mid-forward some counted one chunk more."""
-    with torch.inference_mode():
-        for layer in cache.layers:
-            if layer.is_initialized and int(layer.cumulative_length) > length:
-                layer.cumulative_length.fill_(length)
-
-
-def _race(device: torch.device, *runs: Callable, rounds: int = 5) -> list[float]:
-    """Milliseconds per token of each run of `SCRATCH_TOKENS` steps, the best of `rounds`, taking turns so that
-    other work hits all alike."""
-    best = [float("inf")] * len(runs)
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for n, run in enumerate(runs):
-                began = time.perf_counter()
-                run()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                best[n] = min(best[n], (time.perf_counter() - began) * 1000 / SCRATCH_TOKENS)
-    return best
 
 
 def _first_line(exc: BaseException) -> str:

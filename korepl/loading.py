@@ -71,8 +71,7 @@ class LoadedModel:
         """How many positions the model can see at once."""
         if self.window_size is not None:
             return self.window_size
-        config = self.model.config
-        return int(getattr(config, "n_positions", None) or config.max_position_embeddings)
+        return int(positions(self.model.config))
 
 
     @property
@@ -89,6 +88,11 @@ class LoadedModel:
     def where(self) -> str:
         """Where the model runs, as /settings and /show info say it: cpu, cuda, or remote."""
         return "remote" if self.remote is not None else str(self.device)
+
+
+def positions(config) -> int | None:
+    """The positions a model's config says it can see at once (GPT-2 calls them n_positions), if it says."""
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -133,7 +137,7 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", quanti
                                       paths.state_dir() / "precision.json",
                                       layers=getattr(config, "num_hidden_layers", None) or 12,
                                       heads=getattr(config, "num_attention_heads", None),
-                                      positions=getattr(config, "max_position_embeddings", None) or 1024)
+                                      positions=positions(config) or 1024)
     except ValueError as exc:
         raise ModelUnavailable(f"korepl: {exc}") from None
     model.eval()

@@ -436,7 +436,7 @@ def measure_layouts(path: str, device, fan_in: int, fan_out: int, rounds: int = 
     bias, x = torch.zeros(fan_out, dtype=dtype, device=device), torch.randn(1, fan_in, device=device).to(dtype)
     transposed = weight.t().contiguous()
     flush = torch.zeros(_flush_bytes() // 4) if device.type == "cpu" else None
-    return _best_of({"in_out": lambda: torch.addmm(bias, x, weight), "out_in": lambda: F.linear(x, transposed, bias)},
+    return best_of({"in_out": lambda: torch.addmm(bias, x, weight), "out_in": lambda: F.linear(x, transposed, bias)},
                     device, rounds, exclude=flush.sum if flush is not None else None)
 
 
@@ -471,7 +471,7 @@ def measure_attention(path: str, device, heads: int, head_dim: int, positions: i
         scores = torch.bmm(query.to(dtype), keys.transpose(1, 2)) * head_dim ** -0.5
         return torch.bmm(torch.softmax(scores, dim=-1), values).to(half)
 
-    return _best_of({path: lambda: attend(half), "float32": lambda: attend(torch.float32)}, device, rounds)
+    return best_of({path: lambda: attend(half), "float32": lambda: attend(torch.float32)}, device, rounds)
 
 
 def fast_prefill(path: str, device, hidden: int, layout: str, cache: Path | None) -> tuple[str, str]:
@@ -501,7 +501,7 @@ def measure_prefill(path: str, device, hidden: int, layout: str, rows: int = 128
     else:
         own = lambda: torch.addmm(bias, x, stored)  # noqa: E731
         cast = lambda: torch.addmm(bias.float(), x.float(), stored.float()).to(dtype)  # noqa: E731
-    return _best_of({path: own, "float32": cast}, device, rounds)
+    return best_of({path: own, "float32": cast}, device, rounds)
 
 
 def _remembered(key: str, cache: Path | None, measure, choose, allowed: tuple[str, ...]) -> tuple[str, str]:
@@ -520,7 +520,7 @@ def _remembered(key: str, cache: Path | None, measure, choose, allowed: tuple[st
     return choice, f"measured now ({summary})"
 
 
-def _best_of(runs: dict, device, rounds: int, exclude=None) -> dict[str, float]:
+def best_of(runs: dict, device, rounds: int, exclude=None) -> dict[str, float]:
     """Milliseconds of each run, the best of `rounds` after a warm-up round (first calls may pack weights), the
     runs taking turns so that other work on the machine slows them alike.  `exclude`: an untimed call before each
     timed one (flushing the cache)."""

@@ -45,8 +45,7 @@ class HubRunner:
                 if len(chunk) == 1 and self.compiled is not None and self.compiled.ready:
                     logits = self.compiled.run(self, input_ids)
                 else:
-                    out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
-                    logits = out.logits[0, -1]
+                    logits = last_logits(self.model, input_ids, self.cache)
         except BaseException:
             # Ctrl+C (or any failure) inside the forward pass may leave some layers longer than others.
             self.crop(self.cached_len)
@@ -56,8 +55,6 @@ class HubRunner:
 
     def crop(self, length: int) -> None:
         if self.compiled is not None:
-            from korepl.compiled import crop_static
-
             crop_static(self.cache, length)
         else:
             for layer in self.cache.layers:
@@ -72,6 +69,20 @@ class HubRunner:
         else:
             self.cache = DynamicCache()
         self.cached_len = 0
+
+
+def last_logits(forward, input_ids: torch.Tensor, cache) -> torch.Tensor:
+    """The last position's logits [vocab] from a transformers forward (the model's, or its compiled one)."""
+    return forward(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+
+
+def crop_static(cache, length: int) -> None:
+    """A StaticCache cut back to `length` in place (its tensors keep their addresses, as CUDA graphs need): its
+    layers count what they hold in a tensor each, and after Ctrl+C mid-forward some counted one chunk more."""
+    with torch.inference_mode():
+        for layer in cache.layers:
+            if layer.is_initialized and int(layer.cumulative_length) > length:
+                layer.cumulative_length.fill_(length)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is not installed with korepl
 
 from benchmarks.fixtures import build_kogpt2_shaped, free_port, hf_reference, stop_process  # noqa: E402
 from korepl import context as context_module  # noqa: E402
-from korepl.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
+from korepl.loading import DEMO_MODEL_DIR, load_model, positions  # noqa: E402
 from korepl.compiled import CompiledStep, GPT2Step, HubStep  # noqa: E402
 from korepl.runner import HubRunner, OpPrecision, StaticRunner  # noqa: E402
 from korepl.session import Session  # noqa: E402
@@ -113,8 +113,7 @@ def compiled_step(model, device, ops, inductor_dir, hub: bool = False) -> Compil
     kept = _COMPILED[hub]
     if model not in kept:
         if hub:
-            window = getattr(model.config, "n_positions", None) or model.config.max_position_embeddings
-            step = HubStep(model, device, "on", inductor_dir, window=window)
+            step = HubStep(model, device, "on", inductor_dir, window=positions(model.config))
         else:
             step = GPT2Step(model, device, "on", inductor_dir, ops)
         step.compile_now()

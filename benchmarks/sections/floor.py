@@ -59,27 +59,25 @@ class Bandwidth(Result):
     copy_times_s: list[float] = field(repr=False)
 
 
-def weight_matrices(model) -> list[tuple[str, torch.Tensor]]:
-    """Every matrix one token multiplies, as [in, out] (Conv1D's layout), in the order a step reads them."""
-    matrices = []
+def matrix_layers(model) -> list[tuple[str, object]]:
+    """(kind, layer) of every matrix one token multiplies, in the order a step reads them."""
+    layers = []
     for block in model.transformer.h:
-        matrices += [("c_attn", in_out(block.attn.c_attn)), ("attn c_proj", in_out(block.attn.c_proj)),
-                     ("c_fc", in_out(block.mlp.c_fc)), ("mlp c_proj", in_out(block.mlp.c_proj))]
-    matrices.append(("lm_head", in_out(model.lm_head)))
-    return matrices
+        layers += [("c_attn", block.attn.c_attn), ("attn c_proj", block.attn.c_proj), ("c_fc", block.mlp.c_fc),
+                   ("mlp c_proj", block.mlp.c_proj)]
+    return layers + [("lm_head", model.lm_head)]
 
 
-def in_out(module) -> torch.Tensor:
-    """A layer's weights as [in, out], whichever layout it keeps them in (korepl.precision.arrange)."""
-    return module.weight if isinstance(module, Conv1D) else module.weight.t()
+def weight_matrices(model) -> list[tuple[str, torch.Tensor]]:
+    """Every matrix one token multiplies, as [in, out] (Conv1D's layout), whichever layout the model keeps it in
+    (korepl.precision.arrange)."""
+    return [(kind, layer.weight if isinstance(layer, Conv1D) else layer.weight.t())
+            for kind, layer in matrix_layers(model)]
 
 
 def stored_in_out(model) -> dict[str, bool]:
-    """Per kind of matrix, whether the model keeps it [in, out]."""
-    block = model.transformer.h[0]
-    modules = {"c_attn": block.attn.c_attn, "attn c_proj": block.attn.c_proj, "c_fc": block.mlp.c_fc,
-               "mlp c_proj": block.mlp.c_proj, "lm_head": model.lm_head}
-    return {kind: isinstance(module, Conv1D) for kind, module in modules.items()}
+    """Per kind of matrix, whether the model keeps it [in, out] (each kind has one shape, so one layout)."""
+    return {kind: isinstance(layer, Conv1D) for kind, layer in matrix_layers(model)}
 
 
 def time_products(products: list[tuple[str, Callable, torch.Tensor, torch.Tensor]], repeats: int,
